@@ -1,0 +1,162 @@
+"""One Prefect server for a whole run, shared by every stage, instead of one per process.
+
+Without `PREFECT_API_URL`, Prefect 3 starts a temporary server in every process that runs a flow
+(9-20 s each on 2 cores). The first stage of a run starts this project's server instead (SQLite
+under .prefect/, 127.0.0.1 only), the next stages find it through .prefect/server.json, and it
+stops itself after `IDLE_S` without a stage. `make ui` runs the same server in the foreground.
+
+    python -m flows._server serve [--idle SECONDS]   # the server (the UI at its URL)
+    python -m flows._server stop
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HOME = Path(os.environ.get("PREFECT_HOME", ".prefect"))
+STATE = HOME / "server.json"
+LAST_USED = HOME / "last_used"
+IDLE_S = int(os.environ.get("TRAINFLOW_PREFECT_IDLE_S", "600"))
+START_TIMEOUT_S = 120
+
+
+def healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def touch() -> None:
+    HOME.mkdir(parents=True, exist_ok=True)
+    LAST_USED.touch()
+
+
+def running_url() -> str | None:
+    """The API URL of this project's server, if one answers."""
+    try:
+        url = json.loads(STATE.read_text())["api_url"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return url if healthy(url) else None
+
+
+def ensure_api_url() -> str:
+    """PREFECT_API_URL if set, else this project's server, started now if none is running."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    touch()
+    if url := running_url():
+        return url
+    with open(HOME / "server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two stages racing start one server, not two
+        if url := running_url():
+            return url
+        log = open(HOME / "server.log", "ab")
+        process = subprocess.Popen([sys.executable, "-m", "flows._server", "serve", "--idle", str(IDLE_S)],
+                                   stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        print(f"Starting this project's Prefect server (once per run; log: {HOME / 'server.log'}) ...", file=sys.stderr)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if url := running_url():
+                return url
+            if process.poll() is not None:
+                break
+            time.sleep(0.5)
+        tail = (HOME / "server.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"the Prefect server did not start; see {HOME / 'server.log'}:\n{tail}")
+
+
+def _free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return s.getsockname()[1]
+            except OSError:
+                continue
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+def serve(idle_s: int, host: str, port: int) -> int:
+    """Run `prefect server start` until it exits or, with idle_s > 0, no stage used it for idle_s."""
+    HOME.mkdir(parents=True, exist_ok=True)
+    if url := running_url():
+        print(f"This project's Prefect server is already running: {url.removesuffix('/api')}")
+        return 0
+    port = _free_port(port)
+    env = {**os.environ, "PREFECT_HOME": str(HOME.resolve()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_API_URL": f"http://{host}:{port}/api"}
+    env.pop("PREFECT_API_URL", None)
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port),
+                               "--analytics-off"], env=env)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/api"
+    STATE.write_text(json.dumps({"api_url": url, "pid": os.getpid(), "server_pid": server.pid}))
+    signal.signal(signal.SIGTERM, lambda *_: server.terminate())
+    touch()
+    try:
+        while server.poll() is None:
+            time.sleep(2)
+            if idle_s and time.time() - LAST_USED.stat().st_mtime > idle_s:
+                print(f"No stage for {idle_s} s: stopping the Prefect server.", flush=True)
+                server.terminate()
+                server.wait(timeout=30)
+    except KeyboardInterrupt:
+        server.terminate()
+        server.wait(timeout=30)
+    finally:
+        STATE.unlink(missing_ok=True)
+    return 0
+
+
+def stop() -> int:
+    try:
+        state = json.loads(STATE.read_text())
+    except (OSError, ValueError):
+        print("No Prefect server of this project is running.")
+        return 0
+    for pid in (state.get("pid"), state.get("server_pid")):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except (ProcessLookupError, TypeError):
+            pass
+    for _ in range(60):
+        if not healthy(state["api_url"], timeout=0.5):
+            break
+        time.sleep(0.5)
+    STATE.unlink(missing_ok=True)
+    print("Stopped this project's Prefect server.")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows._server", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the server (foreground)")
+    p.add_argument("--idle", type=int, default=0, help="stop after this many seconds without a stage (0: never)")
+    p.add_argument("--host", default=os.environ.get("TRAINFLOW_PREFECT_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("TRAINFLOW_PREFECT_PORT", "4200")))
+    sub.add_parser("stop", help="stop this project's server")
+    sub.add_parser("url", help="print the API URL, starting the server if needed")
+    args = parser.parse_args()
+    if args.command == "serve":
+        return serve(args.idle, args.host, args.port)
+    if args.command == "stop":
+        return stop()
+    print(ensure_api_url())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""LightningModules, backbones and DataModules: plain torch + Lightning, usable on their own."""

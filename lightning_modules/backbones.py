@@ -1,0 +1,73 @@
+"""Backbones: networks that map an input batch to a feature vector of size `out_features`.
+
+The classifier owns the head, so transfer learning swaps heads and keeps backbones.
+Each backbone is rebuilt from a plain dict (`build_backbone(spec, in_shape)`) saved beside the
+weights, so a model loads from safetensors + JSON without the training code's pickles.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    def __init__(self, in_shape: tuple[int, ...], hidden: int = 128, depth: int = 2, dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = math.prod(in_shape)
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout)]
+            width = hidden
+        self.net = nn.Sequential(*layers)
+        self.out_features = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CNN(nn.Module):
+    """Conv-BN-ReLU-MaxPool blocks, each halving the resolution, then global pooling and a dense layer.
+
+    `widths=[32, 64, 128]` with `hidden=128` is the classic conv32-conv64-conv128 + dense design.
+    """
+
+    def __init__(self, in_shape: tuple[int, int, int], widths: list[int] = (32, 64), hidden: int = 128, dropout: float = 0.25):
+        super().__init__()
+        channels, blocks = in_shape[0], []
+        for width in widths:
+            blocks += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2)]
+            channels = width
+        self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.dense = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.out_features = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, hidden)
+        return self.dense(self.features(x))
+
+
+BACKBONES = {"mlp": MLP, "cnn": CNN}
+
+
+def build_backbone(spec: dict[str, Any], in_shape: tuple[int, ...]) -> nn.Module:
+    spec = dict(spec)
+    kind = spec.pop("kind")
+    if kind == "cnn" and len(in_shape) != 3:
+        raise ValueError(f"the cnn backbone needs image input (C, H, W), got shape {in_shape}")
+    return BACKBONES[kind](tuple(in_shape), **spec)
+
+
+class Network(nn.Module):
+    """Backbone + linear head with the same parameter names as `Classifier`, for plain-torch use
+    (evaluation, export, compression) without importing Lightning."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.out_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))

