@@ -12,7 +12,7 @@ from flows._stage import MODELS, REPORTS, fails_cleanly, run_stage
 from flows._training import arrays_for, class_weights, epoch_progress, load_dataset, write_model
 from tasks.config import Params
 from tasks.finetune import backbone_lr_ratio, few_labels
-from tasks.io import load_json, save_json
+from tasks.io import load_json, save_json, save_text
 from tasks.model_io import ModelSpec, load_weights
 from tasks.train import backbone_spec, fit_classifier, input_shape, preflight, transfer_state
 
@@ -31,7 +31,8 @@ def finetune(params: Params) -> dict:
         source = load_json(MODELS / "train" / "model.json")
         spec = ModelSpec(source["backbone"], input_shape(pool, params.data), classes,
                          {"trained_on": cfg.dataset, "init_from": "models/train", "data": params.data.model_dump(mode="json")})
-        init_state, transfer = transfer_state(load_weights(MODELS / "train" / "model.safetensors"), spec.build())
+        new_head = ("head.",) if source["classes"] != classes else ()  # other classes: the old head means nothing
+        init_state, transfer = transfer_state(load_weights(MODELS / "train" / "model.safetensors"), spec.build(), new_head)
         print(f"transfer: loaded {len(transfer['loaded'])} tensors, new or mismatched {transfer['missing']}")
     else:
         spec = ModelSpec(backbone_spec(params.train.backbone), input_shape(pool, params.data), classes,
@@ -49,7 +50,9 @@ def finetune(params: Params) -> dict:
         write_model(scratch, spec, "finetune", "finetune/scratch", "scratch")
         summary["scratch"] = scratch.val_metrics
     else:
-        save_json({}, REPORTS / "finetune" / "scratch_metrics.json")  # a declared DVC metric: always written
+        # Declared DVC outputs: always written, empty when there is no baseline.
+        save_json({}, REPORTS / "finetune" / "scratch_metrics.json")
+        save_text("epoch\n", REPORTS / "finetune" / "scratch_history.csv")
     return summary
 
 

@@ -62,14 +62,15 @@ def to_arrays(frame: pd.DataFrame, data: DataConfig, classes: list) -> tuple[np.
     return features_array(frame, data), frame[data.label].map(index).to_numpy(dtype=np.int64)
 
 
-def transfer_state(source: dict[str, torch.Tensor], target: torch.nn.Module) -> tuple[dict, dict]:
-    """Take every source tensor whose name and shape fit the target; report what was not taken."""
+def transfer_state(source: dict[str, torch.Tensor], target: torch.nn.Module, exclude: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """Take every source tensor whose name and shape fit the target, except names starting with
+    `exclude` (a head trained for other classes); report what was loaded, skipped or mismatched."""
     own = target.state_dict()
-    loaded = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    loaded = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape and not k.startswith(exclude)}
     report = {
         "loaded": sorted(loaded),
         "mismatched": sorted(k for k in source if k in own and own[k].shape != source[k].shape),
-        "skipped": sorted(k for k in source if k not in own),
+        "skipped": sorted(k for k in source if k not in own or k.startswith(exclude)),
         "missing": sorted(k for k in own if k not in loaded),
     }
     return {**own, **loaded}, report

@@ -1,0 +1,33 @@
+"""`python -m flows.<stage>` as DVC runs it: user mistakes end with one line and a non-zero exit."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, shrunk_params_dict
+
+
+def _run(cwd, stage="train"):
+    return subprocess.run([sys.executable, "-m", f"flows.{stage}"], cwd=cwd, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "PREFECT_API_URL": "http://127.0.0.1:9/api"}, timeout=120)
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (lambda p: p["train"].update(optimiser={"lr": 1}), "params.yaml: train.optimiser: unknown key (allowed: "),
+    (lambda p: p["train"]["optimizer"].update(lr=-1), "params.yaml: train.optimizer.lr: got -1; input should be greater than 0"),
+    (lambda p: p["finetune"].update(strategy="freeze_all"), "params.yaml: finetune.strategy: got 'freeze_all'"),
+    (lambda p: p.pop("data") and p.update(data=[1]), "params.yaml: data: got [1]"),
+])
+def test_bad_params_give_one_line_and_exit_2(tmp_path, edit, expected):
+    params = shrunk_params_dict()
+    edit(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    before = (tmp_path / "params.yaml").read_bytes()
+    result = _run(tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert (tmp_path / "params.yaml").read_bytes() == before

@@ -1,0 +1,54 @@
+"""Each stage flow once, in order, under the session's Prefect harness, on a shrunk config."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from flows.augment import augment
+from flows.evaluate import evaluate
+from flows.finetune import finetune
+from flows.ingest import ingest
+from flows.repair import repair
+from flows.train import train
+from flows.validate import validate
+
+
+def test_stages_chain_and_write_their_outputs(prefect_harness, project, params):
+    ingest(params)
+    assert (project / "data/raw/target/test.parquet").exists()
+
+    raw = project / "data/raw/source/train.parquet"
+    frame = pd.read_parquet(raw)
+    frame.loc[0, "px_0000"] = 17  # one bad pixel (range 0..16): quarantined, not fatal
+    frame.to_parquet(raw)
+    validate(params)
+    quarantine = pd.read_parquet(project / "data/validated/source/train.quarantine.parquet")
+    assert quarantine["_reason"].str.contains("px_0000").all() and len(quarantine) == 1
+    assert (project / "reports/validate/report.md").read_text().startswith("# Validation report")
+
+    repair(params)
+    assert json.loads((project / "data/repaired/source/repairer.json").read_text())["class_weights"]
+    augment(params)
+    augmented = pd.read_parquet(project / "data/augmented/source/train.parquet")
+    repaired = pd.read_parquet(project / "data/repaired/source/train.parquet")
+    assert len(augmented) == 2 * len(repaired)
+    assert len(pd.read_parquet(project / "data/augmented/target/train.parquet")) > 0
+
+    train(params)
+    assert (project / "models/train/model.safetensors").exists()
+    finetune(params)
+    assert (project / "models/finetune/model.json").exists() and (project / "models/finetune/scratch/model.json").exists()
+    transfer = json.loads((project / "reports/finetune/transfer.json").read_text())
+    assert transfer["missing"] == ["head.bias", "head.weight"]  # a new head for the new classes, the rest transferred
+
+    headline = evaluate(params)
+    metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
+    assert metrics == headline and 0 <= metrics["accuracy"] <= 1 and "gain_accuracy" in metrics
+    assert (project / "reports/evaluate/confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_user_error_fails_the_flow_with_one_line(prefect_harness, project, params):
+    state = validate(params, return_state=True)  # no data/raw yet
+    assert state.is_failed()
+    assert "data/raw/source/train.parquet: file not found" in state.message

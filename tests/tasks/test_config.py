@@ -1,0 +1,60 @@
+import pytest
+import yaml
+
+from tasks.config import ConfigError, Params, load_params, parse_params
+from tests.conftest import ROOT
+
+
+def test_shipped_params_parse():
+    params = load_params(ROOT / "params.yaml")
+    assert params.finetune.labels_per_class == 10
+    assert params.dataset_names() == ["source", "target"]
+
+
+def test_defaults_parse_from_empty():
+    assert parse_params({}) == Params()
+
+
+def test_misspelled_key_names_path_and_allowed_keys():
+    with pytest.raises(ConfigError) as err:
+        parse_params({"train": {"optimiser": {"lr": 0.1}}})
+    message = str(err.value)
+    assert "train.optimiser: unknown key" in message and "optimizer" in message
+    assert "\n" not in message
+
+
+def test_bad_value_names_key_given_and_allowed():
+    with pytest.raises(ConfigError, match=r"train\.optimizer\.lr: got -0\.1; input should be greater than 0"):
+        parse_params({"train": {"optimizer": {"lr": -0.1}}})
+    with pytest.raises(ConfigError, match=r"train\.optimizer\.name: got 'adamm'.*'sgd'"):
+        parse_params({"train": {"optimizer": {"name": "adamm"}}})
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+
+
+def _dvc_params():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return sorted({(name, key) for name, stage in stages.items() for key in stage.get("params", [])})
+
+
+@pytest.mark.parametrize(("stage", "key"), _dvc_params())
+def test_every_dvc_params_key_exists_in_params_yaml(stage, key):
+    node = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for part in key.split("."):
+        assert isinstance(node, dict) and part in node, f"dvc.yaml stage {stage} lists params key {key}, absent from params.yaml"
+        node = node[part]
+
+
+def test_every_stage_cmd_is_a_flow_module():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        assert stage["cmd"] == f"python -m flows.{name}"
+        assert (ROOT / "flows" / f"{name}.py").exists()
+        assert f"flows/{name}.py" in stage["deps"], f"stage {name} must depend on its own code"
