@@ -57,6 +57,10 @@ def build_backbone(spec: dict[str, Any], in_shape: tuple[int, ...]) -> nn.Module
     kind = spec.pop("kind")
     if kind == "cnn" and len(in_shape) != 3:
         raise ValueError(f"the cnn backbone needs image input (C, H, W), got shape {in_shape}")
+    if kind not in BACKBONES:  # pretrained adapters import their (large) packages only when used
+        from lightning_modules.pretrained import build_pretrained
+
+        return build_pretrained({"kind": kind, **spec}, in_shape)
     return BACKBONES[kind](tuple(in_shape), **spec)
 
 

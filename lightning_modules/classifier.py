@@ -35,7 +35,7 @@ class Classifier(pl.LightningModule):
         return self.head(self.backbone(x))
 
     def on_train_epoch_start(self) -> None:
-        if self.hparams.backbone_lr_ratio == 0:
+        if not any(p.requires_grad for p in self.backbone.parameters()):
             self.backbone.eval()  # frozen BatchNorm statistics stay those of the source data
 
     def _shared_step(self, batch, stage: str) -> torch.Tensor:

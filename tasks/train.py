@@ -88,6 +88,7 @@ def fit_classifier(
     backbone_lr_ratio: float = 1.0,
     label_smoothing: float = 0.0,
     on_epoch: Callable[[int, int, dict], None] | None = None,
+    callbacks: list[pl.Callback] | None = None,
 ) -> FitResult:
     torch.set_num_threads(trainer_cfg.num_threads)
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -103,7 +104,7 @@ def fit_classifier(
         max_epochs=trainer_cfg.max_epochs, gradient_clip_val=trainer_cfg.gradient_clip_val,
         fast_dev_run=trainer_cfg.fast_dev_run, limit_train_batches=trainer_cfg.limit_train_batches,
         deterministic=True, logger=False, enable_checkpointing=False, enable_model_summary=False,
-        num_sanity_val_steps=0, callbacks=[history],
+        num_sanity_val_steps=0, callbacks=[history, *(callbacks or [])],
     )
     trainer.fit(module, datamodule=ArrayDataModule(arrays, trainer_cfg.batch_size, seed))
     state = {k: v.detach().cpu() for k, v in module.state_dict().items() if not k.startswith("class_weights")}
