@@ -1,7 +1,10 @@
 """Stage validate: data/raw -> data/validated (valid rows) + quarantine (bad rows, with reasons).
 
-Writes reports/validate/{report.json,report.md} and metrics.json, and publishes the report and
-the quarantine summary to the Prefect UI. Fails only past validate.* thresholds, with one line.
+Train is validated first: its categories become the known ones for val/test (a category train
+never saw is quarantined, or set missing, per validate.unknown_category). Writes
+reports/validate/{report.json,report.md} and metrics.json, and publishes the report and the
+quarantine to the Prefect UI. Fails only past validate.* thresholds or on a must-hold check, with
+one line naming the split, column and check.
 """
 
 from __future__ import annotations
@@ -14,27 +17,30 @@ from tasks.config import Params
 from tasks.errors import UserError
 from tasks.frames import SPLITS
 from tasks.io import load_frame, save_frame, save_json, save_text
-from tasks.validate import REASON, report_markdown, validate_split, verdict
+from tasks.validate import REASON, categories_seen, report_markdown, validate_split, verdict
 
 
 @flow(name="validate")
 @fails_cleanly
 def validate(params: Params) -> dict:
-    data, reports, quarantined, class_counts = params.data, {}, [], {}
+    data, cfg, reports, quarantined, class_counts = params.data, params.validate_, {}, [], {}
     for name in params.dataset_names():
         frames = {split: load_frame(RAW / name / f"{split}.parquet") for split in SPLITS}
         declared = params.ingest.datasets.get(name)
         train_labels = frames["train"][data.label].dropna().unique() if data.label in frames["train"] else []
         # Declared classes are the contract; without a declaration, the classes seen in train are.
         classes = list(declared) if declared else sorted(train_labels.tolist())
-        for split, frame in frames.items():
-            valid, quarantine, report = validate_split(frame, data, classes)
+        known = None
+        for split in SPLITS:  # train first: its categories are what val/test may hold
+            valid, quarantine, report = validate_split(frames[split], data, classes, cfg, known)
+            if split == "train":
+                known = categories_seen(valid, cfg.schema_)
             reports[f"{name}/{split}"] = report
             save_frame(valid, VALIDATED / name / f"{split}.parquet")
             save_frame(quarantine, VALIDATED / name / f"{split}.quarantine.parquet")
             quarantined += [{"split": f"{name}/{split}", "id": str(i), "reason": r}
                             for i, r in zip(quarantine.get(data.id, []), quarantine.get(REASON, []))]
-        class_counts[f"{name}/train"] = len(classes)
+        class_counts[f"{name}/train"] = len(reports[f"{name}/train"].class_counts) or len(classes)
 
     markdown = report_markdown(reports)
     save_json({k: r.as_dict() for k, r in reports.items()}, REPORTS / "validate" / "report.json")
@@ -43,7 +49,7 @@ def validate(params: Params) -> dict:
     create_markdown_artifact(markdown, key="validation-report", description="Rows, quarantine and failed checks per split")
     create_table_artifact(quarantined[:500] or [{"split": "-", "id": "-", "reason": "no row quarantined"}],
                           key="quarantine", description="Quarantined rows with their reason (first 500)")
-    if problem := verdict(reports, params.validate_, class_counts):
+    if problem := verdict(reports, cfg, class_counts, data.label):
         raise UserError(problem)
     print(f"validated: {sum(r.valid for r in reports.values())} rows valid, "
           f"{sum(r.quarantined for r in reports.values())} quarantined")

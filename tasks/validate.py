@@ -1,23 +1,27 @@
-"""Validate: check each split against the Raw schema; quarantine bad rows with their reason.
+"""Validate: check each split against the declared schema; quarantine bad rows with their reason.
 
 Pure: frames and config in, (valid frame, quarantine frame, report) out; flows/validate.py does
-the reading and writing. pandera's lazy validation collects every failure; its `failure_cases`
-table *is* the report, grouped per column and check with counts and a few examples.
+the reading and writing. Before the schema runs, declared sentinels (-999 meaning missing) become
+missing values and are counted; frame-level problems that no row can fix (a missing label or
+declared column, a column of the wrong dtype, an all-missing column, the wrong image shape) are
+fatal. Then pandera's lazy validation collects every row-level failure; its `failure_cases` table
+*is* the report, grouped per column and check with counts and a few examples.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from prefect import task
 
-from tasks.config import DataConfig, ValidateConfig
+from tasks.config import DataConfig, SchemaConfig, ValidateConfig
 from tasks.frames import feature_columns
-from tasks.schemas import raw_schema
+from tasks.schemas import NUMERIC, validated_schema
 
 REASON = "_reason"
 
@@ -29,42 +33,159 @@ class SplitReport:
     quarantined: int
     checks: list[dict] = field(default_factory=list)  # per column and check: count + examples
     fatal: list[str] = field(default_factory=list)  # frame-level problems: the stage must stop
+    missing: dict[str, int] = field(default_factory=dict)  # per column, in the valid rows (repair's work)
+    sentinels: dict[str, int] = field(default_factory=dict)  # per column: declared sentinels turned missing
+    unknown_set_missing: dict[str, int] = field(default_factory=dict)  # unknown categories, policy "missing"
+    class_counts: dict[str, int] = field(default_factory=dict)  # of the valid rows
+    images: dict[str, int] = field(default_factory=dict)  # blank/constant and duplicate images (repair drops)
 
     @property
     def invalid_fraction(self) -> float:
         return self.quarantined / self.rows if self.rows else 0.0
 
     def as_dict(self) -> dict:
-        return {"rows": self.rows, "valid": self.valid, "quarantined": self.quarantined,
-                "invalid_fraction": round(self.invalid_fraction, 6), "checks": self.checks, "fatal": self.fatal}
+        return {**asdict(self), "invalid_fraction": round(self.invalid_fraction, 6)}
 
 
 @task
-def validate_split(frame: pd.DataFrame, data: DataConfig, classes: Sequence) -> tuple[pd.DataFrame, pd.DataFrame, SplitReport]:
+def validate_split(frame: pd.DataFrame, data: DataConfig, classes: Sequence, cfg: ValidateConfig | None = None,
+                   known: Mapping[str, Sequence] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, SplitReport]:
+    """`known`: categories seen in train, per categorical column (None while validating train)."""
+    cfg = cfg or ValidateConfig()
+    spec = cfg.schema_
     features = feature_columns(frame, data)
-    fatal = _frame_level_problems(frame, data, features)
-    if fatal:
-        return frame.iloc[:0], frame.iloc[:0], SplitReport(len(frame), 0, 0, fatal=fatal)
-    schema = raw_schema(data, features, classes)
+    report = SplitReport(len(frame), 0, 0)
+    frame, report.sentinels = _sentinels_to_missing(frame, features, spec)
+    report.fatal = _frame_level_problems(frame, data, features, spec)
+    if report.fatal:
+        return frame.iloc[:0], frame.iloc[:0], report
+    if known and cfg.unknown_category == "missing":
+        frame, report.unknown_set_missing = _unknown_to_missing(frame, known, spec)
+    schema = validated_schema(data, features, classes, spec, known)
     try:
         schema.validate(frame, lazy=True)
         failures = pd.DataFrame(columns=["column", "check", "failure_case", "index"])
     except pa.errors.SchemaErrors as e:
         failures = _one_row_per_cell(e.failure_cases)
     frame_level = failures[failures["index"].isna()]
-    fatal = [f"column '{r.column}': {r.check} (got {r.failure_case})" for r in frame_level.itertuples()]
-    rows = failures[failures["index"].notna()].copy()
+    report.fatal = [f"column '{r.column}': {r.check} (got {r.failure_case})" for r in frame_level.itertuples()]
+    rows = failures[failures["index"].notna()].drop_duplicates(["index", "column", "check"]).copy()
     rows["reason"] = [f"{c}: {k} (got {v!r})" for c, k, v in zip(rows["column"], rows["check"], rows["failure_case"])]
     reasons = rows.groupby("index")["reason"].agg("; ".join)
 
     quarantine = frame.loc[reasons.index].copy()
     quarantine[REASON] = reasons.to_numpy()
-    valid = frame.drop(index=reasons.index)
-    if not fatal:  # every remaining feature value is numeric or missing: store them as floats
-        valid = valid.astype({c: float for c in features}) if all(valid[c].dtype != object for c in features) \
-            else valid.assign(**{c: pd.to_numeric(valid[c]).astype(float) for c in features})
-    report = SplitReport(len(frame), len(valid), len(quarantine), checks=_summarise(rows), fatal=fatal)
+    valid = _coerce(frame.drop(index=reasons.index), features, spec) if len(reasons) else _coerce(frame, features, spec)
+    report.valid, report.quarantined, report.checks = len(valid), len(quarantine), _summarise(rows)
+    report.missing = {c: int(n) for c, n in valid[features].isna().sum().items() if n}
+    report.class_counts = {str(k): int(v) for k, v in valid[data.label].value_counts().sort_index().items()}
+    if data.modality == "image":
+        report.images = _image_findings(valid, features)
     return valid.reset_index(drop=True), _stringify_mixed(quarantine).reset_index(drop=True), report
+
+
+def categories_seen(train: pd.DataFrame, spec: SchemaConfig) -> dict[str, list]:
+    """Categories of the valid train rows, per `category` column without a declared `isin`."""
+    return {c: sorted(train[c].dropna().unique().tolist()) for c, column in spec.columns.items()
+            if column.dtype == "category" and column.isin is None and c in train.columns}
+
+
+def _sentinels_to_missing(frame: pd.DataFrame, features: list[str], spec: SchemaConfig) -> tuple[pd.DataFrame, dict]:
+    declared = {c: list(spec.missing_values) + list(spec.columns[c].missing_values if c in spec.columns else [])
+                for c in features}
+    declared = {c: v for c, v in declared.items() if v}
+    if not declared:
+        return frame, {}
+    frame, counts = frame.copy(), {}
+    for column, values in declared.items():
+        series = frame[column]
+        numeric = pd.api.types.is_numeric_dtype(series)
+        values = [v for v in values if not isinstance(v, str)] if numeric else [str(v) for v in values]
+        hit = series.isin(values) if values else pd.Series(False, index=series.index)
+        if hit.any():
+            frame[column] = series.mask(hit)
+            counts[column] = int(hit.sum())
+    return frame, counts
+
+
+def _unknown_to_missing(frame: pd.DataFrame, known: Mapping[str, Sequence], spec: SchemaConfig) -> tuple[pd.DataFrame, dict]:
+    frame, counts = frame.copy(), {}
+    for column, categories in known.items():
+        series = frame[column].astype("str")
+        unknown = series.notna() & ~series.isin(list(categories))
+        if unknown.any():
+            frame[column] = series.mask(unknown)
+            counts[column] = int(unknown.sum())
+    return frame, counts
+
+
+def _frame_level_problems(frame: pd.DataFrame, data: DataConfig, features: list[str], spec: SchemaConfig) -> list[str]:
+    problems = []
+    if data.label not in frame.columns:
+        problems.append(f"column '{data.label}': label column missing (data.label)")
+    if data.id not in frame.columns:
+        problems.append(f"column '{data.id}': id column missing (data.id)")
+    missing = [c for c in spec.columns if c not in frame.columns]
+    if missing:
+        problems.append(f"column '{missing[0]}': declared in validate.schema.columns but not in the data "
+                        f"({len(missing)} declared column(s) missing)")
+    extra = [c for c in features if c not in spec.columns]
+    if data.modality == "tabular" and spec.extra_columns == "forbid" and extra:
+        problems.append(f"column '{extra[0]}': not declared in validate.schema.columns (extra_columns: forbid)")
+    if data.modality == "image" and len(features) != math.prod(data.image_shape):
+        problems.append(f"image shape: {len(features)} pixel columns, data.image_shape {list(data.image_shape)} "
+                        f"needs {math.prod(data.image_shape)}")
+    if not features:
+        problems.append("no feature columns besides the id and label")
+    if not len(frame):
+        return problems
+    all_null = [c for c in features if frame[c].isna().all()]
+    if all_null:
+        problems.append(f"column '{all_null[0]}': every value is missing ({len(all_null)} such column(s))")
+    if data.modality == "tabular":
+        problems += _wrong_dtypes(frame, [c for c in features if c not in all_null], spec)
+    return problems
+
+
+def _wrong_dtypes(frame: pd.DataFrame, features: list[str], spec: SchemaConfig) -> list[str]:
+    """A numeric column in which no present value parses as a number is a declaration mistake, not
+    bad rows: say so once instead of quarantining every row."""
+    problems = []
+    for column in features:
+        declared = spec.columns[column].dtype if column in spec.columns else "float"
+        series = frame[column]
+        if declared not in NUMERIC or pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+            continue
+        present = series.dropna()
+        if pd.to_numeric(present, errors="coerce").isna().all():
+            hint = "" if column in spec.columns else "; declare it in validate.schema.columns (e.g. dtype: category)"
+            problems.append(f"column '{column}': wrong dtype: expected {declared}, got text "
+                            f"(e.g. {present.iloc[0]!r}){hint}")
+    return problems
+
+
+def _coerce(frame: pd.DataFrame, features: list[str], spec: SchemaConfig) -> pd.DataFrame:
+    """Store declared numeric columns as float and categorical ones as text, as the schema coerced them."""
+    cast, changes = {}, {}
+    for column in features:
+        declared = spec.columns[column].dtype if column in spec.columns else "float"
+        series = frame[column]
+        if declared in NUMERIC and series.dtype != np.float64:
+            if pd.api.types.is_numeric_dtype(series):
+                cast[column] = float  # one astype for hundreds of pixel columns
+            else:
+                changes[column] = pd.to_numeric(series).astype(float)
+        elif declared not in NUMERIC and not isinstance(series.dtype, pd.StringDtype):
+            changes[column] = series.astype("str")
+    frame = frame.astype(cast) if cast else frame
+    return frame.assign(**changes) if changes else frame
+
+
+def _image_findings(frame: pd.DataFrame, features: list[str]) -> dict[str, int]:
+    pixels = frame[features].to_numpy()
+    constant = (pixels == pixels[:, :1]).all(axis=1) if len(pixels) else np.zeros(0, bool)
+    duplicates = pd.util.hash_pandas_object(frame[features], index=False).duplicated()
+    return {"blank_or_constant": int(constant.sum()), "duplicate_images": int(duplicates.sum())}
 
 
 def _one_row_per_cell(failures: pd.DataFrame) -> pd.DataFrame:
@@ -75,18 +196,6 @@ def _one_row_per_cell(failures: pd.DataFrame) -> pd.DataFrame:
     spread = [{**row, "column": column, "failure_case": value}
               for row in failures[cells].to_dict("records") for column, value in row["failure_case"].items()]
     return pd.concat([failures[~cells], pd.DataFrame(spread)], ignore_index=True)
-
-
-def _frame_level_problems(frame: pd.DataFrame, data: DataConfig, features: list[str]) -> list[str]:
-    problems = []
-    if data.label not in frame.columns:
-        problems.append(f"column '{data.label}': label column missing (data.label)")
-    if not features:
-        problems.append("no feature columns besides the id and label")
-    all_null = [c for c in features if frame[c].isna().all()]
-    if all_null and len(frame):
-        problems.append(f"column '{all_null[0]}': every value is missing ({len(all_null)} such column(s))")
-    return problems
 
 
 def _summarise(rows: pd.DataFrame, examples: int = 3) -> list[dict]:
@@ -108,32 +217,49 @@ def _stringify_mixed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def verdict(reports: dict[str, SplitReport], cfg: ValidateConfig, label_counts: dict[str, int]) -> str | None:
-    """The one-line reason this stage must stop, or None. `reports` is keyed '<dataset>/<split>'."""
+def verdict(reports: dict[str, SplitReport], cfg: ValidateConfig, label_counts: dict[str, int], label: str = "label") -> str | None:
+    """The one-line reason this stage must stop, or None. `reports` is keyed '<dataset>/<split>';
+    `label_counts` holds the number of classes of each '<dataset>/train'."""
     for where, report in reports.items():
         if report.fatal:
             return f"{where}: {report.fatal[0]}"
     for where, report in reports.items():
+        if report.rows == 0:
+            return f"{where}: no rows (an empty file or split)"
         if report.rows < cfg.min_rows:
             return f"{where}: {report.rows} rows, fewer than validate.min_rows={cfg.min_rows}"
+        if cfg.max_rows is not None and report.rows > cfg.max_rows:
+            return f"{where}: {report.rows} rows, more than validate.max_rows={cfg.max_rows}"
         if report.invalid_fraction > cfg.max_invalid_fraction:
             worst = report.checks[0]
             return (f"{where}: {report.quarantined}/{report.rows} rows invalid ({report.invalid_fraction:.1%} > "
                     f"validate.max_invalid_fraction={cfg.max_invalid_fraction}); worst: column '{worst['column']}' "
                     f"check {worst['check']} failed {worst['failures']} times")
     for where, count in label_counts.items():
+        seen = list(reports[where].class_counts) if where in reports else []
         if count < cfg.min_classes:
-            return f"{where}: label has {count} class(es) in train, validate.min_classes={cfg.min_classes}"
+            only = f" ({', '.join(repr(c) for c in seen)} only)" if seen else ""
+            return (f"{where}: label column '{label}' has {'one class only' if count == 1 else f'{count} classes'}{only}; "
+                    f"validate.min_classes={cfg.min_classes}")
+        if cfg.max_classes is not None and count > cfg.max_classes:
+            return f"{where}: label column '{label}' has {count} classes, more than validate.max_classes={cfg.max_classes}"
     return None
 
 
 def report_markdown(reports: dict[str, SplitReport]) -> str:
-    lines = ["# Validation report", "", "| split | rows | valid | quarantined | invalid |", "|---|---:|---:|---:|---:|"]
+    lines = ["# Validation report", "", "| split | rows | valid | quarantined | invalid | classes (valid rows) |",
+             "|---|---:|---:|---:|---:|---|"]
     for where, r in reports.items():
-        lines.append(f"| {where} | {r.rows} | {r.valid} | {r.quarantined} | {r.invalid_fraction:.2%} |")
+        classes = ", ".join(f"{k}: {v}" for k, v in r.class_counts.items())
+        lines.append(f"| {where} | {r.rows} | {r.valid} | {r.quarantined} | {r.invalid_fraction:.2%} | {classes} |")
     for where, r in reports.items():
         if r.checks or r.fatal:
-            lines += ["", f"## {where}", "", "| column | check | failures | examples |", "|---|---|---:|---|"]
+            lines += ["", f"## {where}: failed checks", "", "| column | check | failures | examples |", "|---|---|---:|---|"]
             lines += [f"| {c['column']} | {c['check']} | {c['failures']} | {c['examples']} |" for c in r.checks]
             lines += [f"| (frame) | {f} | - | - |" for f in r.fatal]
+        notes = [(f"missing values left for repair", r.missing), ("sentinels turned missing", r.sentinels),
+                 ("unknown categories turned missing", r.unknown_set_missing), ("images (repair drops them)", r.images)]
+        for title, counts in notes:
+            if counts:
+                lines += ["", f"{where}, {title}: " + ", ".join(f"{k} {v}" for k, v in counts.items())]
     return "\n".join(lines) + "\n"

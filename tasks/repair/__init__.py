@@ -1,0 +1,15 @@
+"""Repair: fit fixes on the train split only, apply them unchanged to every split, record each change.
+
+Reads validated frames; returns repaired frames, the fitted `Repairer` (JSON, plus Parquet/skops
+for the estimators that need them) and a ledger with one row per change. One module per concern:
+rows (duplicates, conflicts, blanks), outliers, impute, encode, balance (imbalance, train only),
+ledger, and repairer (the fitted whole, its persistence and the summary).
+"""
+
+from tasks.repair.balance import class_weights, rebalance, resample
+from tasks.repair.ledger import LEDGER_COLUMNS, concat, unaccounted
+from tasks.repair.repairer import (TRUSTED_TYPES, Repairer, apply_repairer, fit_repairer, repair_split, repair_train,
+                                   summarise)
+
+__all__ = ["LEDGER_COLUMNS", "TRUSTED_TYPES", "Repairer", "apply_repairer", "class_weights", "concat", "fit_repairer",
+           "rebalance", "repair_split", "repair_train", "resample", "summarise", "unaccounted"]
