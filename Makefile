@@ -26,7 +26,7 @@ run: $(STAMP)
 	@echo
 	@$(BIN)/dvc metrics show
 	@echo
-	@echo "Metrics: reports/evaluate/metrics.json   Report: reports/evaluate/report.md   Confusion matrix: reports/evaluate/confusion.png"
+	@echo "Metrics: reports/evaluate/metrics.json   Report: reports/evaluate/report.md   Gate: reports/evaluate/gate.json   Figures: reports/evaluate/figures/"
 	@echo "Models: models/   Runs in the Prefect UI: make ui, then open http://127.0.0.1:4200"
 
 test: $(STAMP)

@@ -1,51 +1,82 @@
-"""Stage finetune: adapt models/train to `finetune.dataset` with few labels -> models/finetune.
+"""Stage finetune: adapt a model to `finetune.dataset` with few labels -> models/finetune.
 
-With `finetune.baseline`, the same architecture is also trained from scratch on the same labels
-and budget (models/finetune/scratch), so evaluate can report the gain instead of assuming it.
+Reads the target splits (data/augmented, data/repaired) and the starting weights named by
+`finetune.init_from`: models/train, a packaged pretrained model, or a weights file. Writes
+models/finetune/{model.safetensors,model.json}, reports/finetune/transfer.json (which tensors were
+loaded, skipped, mismatched or left new) and the per-epoch history. With `finetune.baseline`, the
+same architecture is also trained from scratch on the same labels and budget
+(models/finetune/scratch), so evaluate reports the gain instead of assuming it.
 """
 
 from __future__ import annotations
 
 from prefect import flow
+from prefect.artifacts import create_table_artifact
 
 from flows._stage import MODELS, REPORTS, fails_cleanly, run_stage
 from flows._training import arrays_for, class_weights, epoch_progress, load_dataset, write_model
 from tasks.config import Params
-from tasks.finetune import backbone_lr_ratio, few_labels
+from tasks.finetune import (augment_labels, check_transfer, few_labels, map_keys, package_backbone, package_weights,
+                            read_weights_file, schedule, source_kind)
 from tasks.io import load_json, save_json, save_text
 from tasks.model_io import ModelSpec, load_weights
 from tasks.train import backbone_spec, fit_classifier, input_shape, preflight, transfer_state
 
 
+def starting_point(params: Params, classes: list) -> tuple[dict, dict | None, tuple[str, ...]]:
+    """(backbone spec, source weights or None, key prefixes never to transfer) for init_from."""
+    cfg = params.finetune
+    kind = source_kind(cfg)
+    if kind == "train":
+        source = load_json(MODELS / "train" / "model.json")
+        new_head = ("head.",) if source["classes"] != classes else ()  # other classes: the old head means nothing
+        return source["backbone"], load_weights(MODELS / "train" / "model.safetensors"), new_head
+    if kind == "package":
+        return package_backbone(cfg), package_weights(cfg), ("head.",)
+    if kind == "file":  # the user's own weights for the train.backbone network, key names mapped
+        return backbone_spec(params.train.backbone), map_keys(read_weights_file(cfg.init_from), cfg.key_map), ()
+    return backbone_spec(params.train.backbone), None, ()
+
+
 @flow(name="finetune")
 @fails_cleanly
 def finetune(params: Params) -> dict:
+    from lightning_modules.transfer import TransferSchedule, layer_groups
+
     cfg = params.finetune
     print(preflight(cfg.trainer, "finetune.trainer"))
     pool, val_frame, classes = load_dataset(params, cfg.dataset)
     train_frame = few_labels(pool, params.data, cfg.labels_per_class, cfg.seed)
     arrays = arrays_for(params, classes, train=train_frame, val=val_frame)
+    arrays["train"] = augment_labels(*arrays["train"], cfg.augment_copies, params.augment, cfg.seed)
     weights = class_weights(params, cfg.dataset, classes)
 
-    if cfg.init_from == "train":
-        source = load_json(MODELS / "train" / "model.json")
-        spec = ModelSpec(source["backbone"], input_shape(pool, params.data), classes,
-                         {"trained_on": cfg.dataset, "init_from": "models/train", "data": params.data.model_dump(mode="json")})
-        new_head = ("head.",) if source["classes"] != classes else ()  # other classes: the old head means nothing
-        init_state, transfer = transfer_state(load_weights(MODELS / "train" / "model.safetensors"), spec.build(), new_head)
-        print(f"transfer: loaded {len(transfer['loaded'])} tensors, new or mismatched {transfer['missing']}")
+    backbone, source, new_head = starting_point(params, classes)
+    spec = ModelSpec(backbone, input_shape(pool, params.data), classes,
+                     {"trained_on": cfg.dataset, "init_from": cfg.init_from, "strategy": cfg.strategy,
+                      "data": params.data.model_dump(mode="json")})
+    if source is not None:
+        network = spec.build()
+        init_state, transfer = transfer_state(source, network, new_head)
+        check_transfer(transfer, cfg.init_from)
+        unfreeze_at, lrs = schedule(cfg, len(layer_groups(network.backbone)), cfg.optimizer.lr)
+        callbacks = [TransferSchedule(unfreeze_at, lrs, cfg.batchnorm)]
+        transfer["schedule"] = [{"group": i, "unfreeze_at_epoch": at, "lr": lr} for i, (at, lr) in enumerate(zip(unfreeze_at, lrs))]
     else:
-        spec = ModelSpec(backbone_spec(params.train.backbone), input_shape(pool, params.data), classes,
-                         {"trained_on": cfg.dataset, "init_from": "scratch", "data": params.data.model_dump(mode="json")})
-        init_state, transfer = None, {"loaded": [], "missing": "all"}
-    save_json(transfer, REPORTS / "finetune" / "transfer.json")
+        init_state, callbacks, transfer = None, None, {"loaded": [], "mismatched": [], "skipped": [], "missing": "all"}
+    save_json({"init_from": cfg.init_from, "strategy": cfg.strategy, **transfer}, REPORTS / "finetune" / "transfer.json")
+    counts = {k: len(transfer[k]) if isinstance(transfer[k], list) else transfer[k] for k in ("loaded", "mismatched", "skipped", "missing")}
+    print(f"transfer from {cfg.init_from}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+          + (f"; new or mismatched: {', '.join(transfer['missing'][:6])}" if source is not None else ""))
+    create_table_artifact([{"tensors": k, "count": v} for k, v in counts.items()], key="transfer",
+                          description=f"Weights transferred from {cfg.init_from} (details: reports/finetune/transfer.json)")
 
-    ratio = backbone_lr_ratio(cfg) if init_state is not None else 1.0
-    tuned = fit_classifier(arrays, spec, cfg.optimizer, cfg.trainer, cfg.seed, weights, init_state, ratio,
-                           on_epoch=epoch_progress("finetune-progress"))
+    # With a source, the optimizer starts with the head only and the schedule adds backbone groups.
+    tuned = fit_classifier(arrays, spec, cfg.optimizer, cfg.trainer, cfg.seed, weights, init_state,
+                           0.0 if source is not None else 1.0, on_epoch=epoch_progress("finetune-progress"), callbacks=callbacks)
     write_model(tuned, spec, "finetune", "finetune", "finetune")
-    summary = {"labelled_rows": len(train_frame), "finetune": tuned.val_metrics}
-    if cfg.baseline and init_state is not None:
+    summary = {"labelled_rows": len(train_frame), "training_rows": len(arrays["train"][1]), "finetune": tuned.val_metrics}
+    if cfg.baseline and source is not None:
         scratch = fit_classifier.with_options(name="fit_from_scratch")(arrays, spec, cfg.optimizer, cfg.trainer, cfg.seed, weights)
         write_model(scratch, spec, "finetune", "finetune/scratch", "scratch")
         summary["scratch"] = scratch.val_metrics
@@ -53,6 +84,9 @@ def finetune(params: Params) -> dict:
         # Declared DVC outputs: always written, empty when there is no baseline.
         save_json({}, REPORTS / "finetune" / "scratch_metrics.json")
         save_text("epoch\n", REPORTS / "finetune" / "scratch_history.csv")
+        (MODELS / "finetune" / "scratch").mkdir(parents=True, exist_ok=True)
+        for stale in (MODELS / "finetune" / "scratch").glob("model.*"):
+            stale.unlink()  # a baseline from an earlier run would be reported as this run's
     return summary
 
 

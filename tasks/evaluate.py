@@ -1,48 +1,133 @@
 """Evaluate: score a saved model on the held-out test split.
 
-Pure: a network and arrays in; metrics (torchmetrics), a confusion table, a PNG and Markdown out.
-flows/evaluate.py writes them as DVC metrics and plots and publishes them as Prefect artifacts.
+Pure: a network and arrays in; metrics (torchmetrics), curves and tables out. Classification:
+accuracy, macro-F1, per-class precision/recall/F1/ROC-AUC, one-vs-rest macro ROC-AUC, expected
+calibration error, a confusion table, micro-averaged ROC and precision-recall curves and a
+reliability table; regression: MSE, MAE, R2. Slices score the same predictions on subsets of the
+test rows (a class, a column's value). tasks/figures.py draws the PNGs; flows/evaluate.py writes
+everything as DVC metrics and plots and publishes it as Prefect artifacts.
 """
 
 from __future__ import annotations
-
-import io
 
 import numpy as np
 import pandas as pd
 import torch
 from prefect import task
+from torchmetrics.functional import mean_absolute_error, mean_squared_error, r2_score
 from torchmetrics.functional.classification import (
+    binary_precision_recall_curve,
+    binary_roc,
     multiclass_accuracy,
+    multiclass_auroc,
+    multiclass_calibration_error,
     multiclass_f1_score,
     multiclass_precision,
     multiclass_recall,
 )
 
+from tasks.config import SliceConfig
+from tasks.errors import UserError
+
+CURVE_POINTS = 101  # curves are resampled on this grid: small, stable CSVs for DVC plots
+
 
 @task
-def predict(network: torch.nn.Module, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Class probabilities, (N, K)."""
+def predict(network: torch.nn.Module, x: np.ndarray, batch_size: int, regression: bool = False) -> np.ndarray:
+    """Class probabilities (N, K), or predictions (N,) for a regression model."""
     network.eval()
     out = []
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
-            out.append(torch.softmax(network(torch.as_tensor(x[start:start + batch_size])), dim=1))
+            z = network(torch.as_tensor(x[start:start + batch_size]))
+            out.append(z.reshape(len(z), -1)[:, 0] if regression else torch.softmax(z, dim=1))
     return torch.cat(out).numpy()
 
 
+def _r(value) -> float:
+    return round(float(value), 6)
+
+
 @task
-def classification_metrics(probs: np.ndarray, y: np.ndarray, classes: list) -> dict:
+def classification_metrics(probs: np.ndarray, y: np.ndarray, classes: list, bins: int = 10) -> dict:
     p, t, k = torch.as_tensor(probs), torch.as_tensor(y), len(classes)
     precision = multiclass_precision(p, t, num_classes=k, average=None)
     recall = multiclass_recall(p, t, num_classes=k, average=None)
+    f1 = multiclass_f1_score(p, t, num_classes=k, average=None)
+    auroc = multiclass_auroc(p, t, num_classes=k, average=None)  # one-vs-rest, a class at a time
+    present = torch.bincount(t, minlength=k) > 0  # a class absent from the test rows has no ROC-AUC
     return {
-        "accuracy": round(float(multiclass_accuracy(p, t, num_classes=k, average="micro")), 6),
-        "macro_f1": round(float(multiclass_f1_score(p, t, num_classes=k, average="macro")), 6),
+        "accuracy": _r(multiclass_accuracy(p, t, num_classes=k, average="micro")),
+        "macro_f1": _r(multiclass_f1_score(p, t, num_classes=k, average="macro")),
+        "roc_auc": _r(auroc[present].mean()) if present.any() else None,
+        "ece": _r(multiclass_calibration_error(p, t, num_classes=k, n_bins=bins, norm="l1")),
         "samples": int(len(y)),
-        "per_class": {str(c): {"precision": round(float(precision[i]), 6), "recall": round(float(recall[i]), 6)}
+        "per_class": {str(c): {"precision": _r(precision[i]), "recall": _r(recall[i]), "f1": _r(f1[i]),
+                               "roc_auc": _r(auroc[i]) if present[i] else None, "support": int((t == i).sum())}
                       for i, c in enumerate(classes)},
     }
+
+
+@task
+def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict:
+    p, t = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+    return {"mse": _r(mean_squared_error(p, t)), "mae": _r(mean_absolute_error(p, t)),
+            "r2": _r(r2_score(p, t)) if len(t) > 1 else None, "samples": int(len(t))}
+
+
+def headline(metrics: dict) -> dict:
+    """The scalar metrics (what `dvc metrics show` prints and the gate reads)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+# ------------------------------------------------------------------------------------- curves
+def roc_curve(probs: np.ndarray, y: np.ndarray) -> pd.DataFrame:
+    """Micro-averaged one-vs-rest ROC (every (row, class) pair is one binary decision), on a grid."""
+    fpr, tpr, _ = binary_roc(*_one_vs_rest(probs, y))
+    grid = np.linspace(0, 1, CURVE_POINTS)
+    return pd.DataFrame({"fpr": grid, "tpr": np.round(np.interp(grid, fpr.numpy(), tpr.numpy()), 6)})
+
+
+def pr_curve(probs: np.ndarray, y: np.ndarray) -> pd.DataFrame:
+    """Micro-averaged precision-recall curve, precision at each recall of a grid (the best reached)."""
+    precision, recall, _ = binary_precision_recall_curve(*_one_vs_rest(probs, y))
+    order = np.argsort(recall.numpy(), kind="stable")
+    r, p = recall.numpy()[order], precision.numpy()[order]
+    p = np.maximum.accumulate(p[::-1])[::-1]  # interpolated precision: the best at this recall or more
+    grid = np.linspace(0, 1, CURVE_POINTS)
+    return pd.DataFrame({"recall": grid, "precision": np.round(np.interp(grid, r, p), 6)})
+
+
+def per_class_curves(probs: np.ndarray, y: np.ndarray, classes: list) -> dict[str, pd.DataFrame]:
+    """One-vs-rest ROC for each class present in the test rows (for the PNG)."""
+    curves = {}
+    for i, c in enumerate(classes):
+        target = torch.as_tensor(y == i, dtype=torch.long)
+        if 0 < int(target.sum()) < len(target):
+            fpr, tpr, _ = binary_roc(torch.as_tensor(probs[:, i]), target)
+            curves[str(c)] = pd.DataFrame({"fpr": fpr.numpy(), "tpr": tpr.numpy()})
+    return curves
+
+
+def reliability(probs: np.ndarray, y: np.ndarray, bins: int) -> pd.DataFrame:
+    """Calibration: per confidence bin, the mean confidence, the accuracy and the row count.
+    ECE is the count-weighted mean of |accuracy - confidence| over these bins."""
+    confidence, pred = probs.max(axis=1), probs.argmax(axis=1)
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        mask = index == b
+        if mask.any():
+            rows.append({"bin": b, "confidence": round(float(confidence[mask].mean()), 6),
+                         "accuracy": round(float((pred[mask] == y[mask]).mean()), 6), "count": int(mask.sum())})
+    return pd.DataFrame(rows, columns=["bin", "confidence", "accuracy", "count"])
+
+
+def _one_vs_rest(probs: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    onehot = np.zeros_like(probs, dtype=np.int64)
+    onehot[np.arange(len(y)), y] = 1
+    return torch.as_tensor(probs.ravel()), torch.as_tensor(onehot.ravel())
 
 
 def confusion_rows(y: np.ndarray, pred: np.ndarray, classes: list) -> pd.DataFrame:
@@ -51,37 +136,53 @@ def confusion_rows(y: np.ndarray, pred: np.ndarray, classes: list) -> pd.DataFra
     return pd.DataFrame({"actual": names[y], "predicted": names[pred]})
 
 
-def confusion_png(y: np.ndarray, pred: np.ndarray, classes: list, title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    k = len(classes)
-    matrix = np.zeros((k, k), dtype=int)
-    np.add.at(matrix, (y, pred), 1)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 0.8 + 0.6 * k), dpi=100)
-    ax.imshow(matrix, cmap="Blues")
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, matrix[i, j], ha="center", va="center", color="white" if matrix[i, j] > matrix.max() / 2 else "black")
-    ax.set_xticks(range(k), [str(c) for c in classes])
-    ax.set_yticks(range(k), [str(c) for c in classes])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    ax.set_title(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+# ------------------------------------------------------------------------------------- slices
+@task
+def slice_metrics(probs: np.ndarray, y: np.ndarray, frame: pd.DataFrame, slices: list[SliceConfig], classes: list) -> list[dict]:
+    """Accuracy (and macro-F1 over the classes present) on each declared slice of the test rows."""
+    rows = []
+    pred = probs.argmax(axis=1)
+    for s in slices:
+        if s.column not in frame:
+            raise UserError(f"evaluate.slices: column '{s.column}' is not in the test split (columns: {', '.join(list(frame.columns)[:8])}, ...)")
+        column = frame[s.column].to_numpy()
+        values = s.values if s.values is not None else sorted(pd.unique(column).tolist(), key=str)
+        for value in values:
+            mask = column == value
+            n = int(mask.sum())
+            row = {"slice": f"{s.column}={value}", "rows": n, "accuracy": None, "macro_f1": None}
+            if n:
+                present = np.unique(y[mask])
+                row["accuracy"] = _r((pred[mask] == y[mask]).mean())
+                row["macro_f1"] = _r(multiclass_f1_score(torch.as_tensor(pred[mask]), torch.as_tensor(y[mask]),
+                                                         num_classes=len(classes), average=None)[present].mean())
+            rows.append(row)
+    return rows
 
 
-def report_markdown(metrics: dict, baseline: dict | None, model_path: str) -> str:
-    lines = ["# Evaluation report", "", f"Model: `{model_path}`; test samples: {metrics['samples']}", "",
-             "| metric | model |" + (" from scratch |" if baseline else ""), "|---|---:|" + ("---:|" if baseline else "")]
-    for name in ("accuracy", "macro_f1"):
-        lines.append(f"| {name} | {metrics[name]:.4f} |" + (f" {baseline[name]:.4f} |" if baseline else ""))
-    lines += ["", "| class | precision | recall |", "|---|---:|---:|"]
-    lines += [f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} |" for c, v in metrics["per_class"].items()]
+# ------------------------------------------------------------------------------------- report
+def report_markdown(metrics: dict, baseline: dict | None, model_path: str, slices: list[dict], gate: dict | None) -> str:
+    lines = ["# Evaluation report", "", f"Model: `{model_path}`; test samples: {metrics['samples']}", ""]
+    if gate is not None:
+        verdict = "**promoted**" if gate["promoted"] else "**not promoted**"
+        lines += [f"Gate: {verdict}. {gate['reason']}", ""]
+    names = [k for k, v in headline(metrics).items() if k != "samples" and v is not None]
+    lines += ["| metric | model |" + (" from scratch |" if baseline else ""), "|---|---:|" + ("---:|" if baseline else "")]
+    for name in names:
+        other = baseline.get(name) if baseline else None
+        lines.append(f"| {name} | {metrics[name]:.4f} |" + ((f" {other:.4f} |" if other is not None else " |") if baseline else ""))
+    if "per_class" in metrics:
+        lines += ["", "| class | precision | recall | F1 | ROC-AUC | support |", "|---|---:|---:|---:|---:|---:|"]
+        for c, v in metrics["per_class"].items():
+            auc = f"{v['roc_auc']:.3f}" if v["roc_auc"] is not None else "n/a"
+            lines.append(f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {auc} | {v['support']} |")
+    if slices:
+        lines += ["", "| slice | rows | accuracy | macro-F1 |", "|---|---:|---:|---:|"]
+        for s in slices:
+            acc = f"{s['accuracy']:.3f}" if s["accuracy"] is not None else "n/a"
+            f1 = f"{s['macro_f1']:.3f}" if s["macro_f1"] is not None else "n/a"
+            lines.append(f"| {s['slice']} | {s['rows']} | {acc} | {f1} |")
+    if gate is not None and gate["checks"]:
+        lines += ["", "| gate check | value | needs | passed |", "|---|---:|---|---|"]
+        lines += [f"| {c['check']} | {c['value']} | {c['needs']} | {'yes' if c['passed'] else 'NO'} |" for c in gate["checks"]]
     return "\n".join(lines) + "\n"

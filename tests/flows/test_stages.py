@@ -45,7 +45,7 @@ def test_stages_chain_and_write_their_outputs(prefect_harness, project, params):
     headline = evaluate(params)
     metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
     assert metrics == headline and 0 <= metrics["accuracy"] <= 1 and "gain_accuracy" in metrics
-    assert (project / "reports/evaluate/confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert (project / "reports/evaluate/figures/confusion.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_user_error_fails_the_flow_with_one_line(prefect_harness, project, params):

@@ -1,0 +1,164 @@
+"""Fine-tuning: few labels, safe weights files, key mapping, and each strategy on a tiny model."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lightning_modules.transfer import TransferSchedule, layer_groups
+from tasks.config import AugmentConfig, DataConfig, FinetuneConfig, OptimizerConfig, TrainerConfig
+from tasks.errors import UserError
+from tasks.finetune import augment_labels, check_transfer, few_labels, map_keys, read_weights_file, schedule
+from tasks.model_io import ModelSpec
+from tasks.train import fit_classifier, transfer_state
+
+SPEC = ModelSpec({"kind": "cnn", "widths": [4, 8], "hidden": 8, "dropout": 0.0}, (1, 8, 8), [0, 1, 2], {})
+TRAINER = TrainerConfig(max_epochs=2, batch_size=16, accelerator="cpu", num_threads=1)
+
+
+def _arrays(n: int = 48, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = rng.random((n, 1, 8, 8), dtype=np.float32) * 0.2
+    x[np.arange(n), 0, y * 2, y * 2] = 1.0  # a learnable bright pixel per class
+    return {"train": (x, y), "val": (x[:12], y[:12])}
+
+
+def _source_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    return SPEC.build().state_dict()
+
+
+def _fit(cfg: FinetuneConfig):
+    init, _ = transfer_state(_source_state(), SPEC.build(), ("head.",))
+    network = SPEC.build()
+    unfreeze_at, lrs = schedule(cfg, len(layer_groups(network.backbone)), cfg.optimizer.lr)
+    result = fit_classifier.fn(_arrays(), SPEC, cfg.optimizer, TRAINER, 0, None, init, 0.0,
+                               callbacks=[TransferSchedule(unfreeze_at, lrs, cfg.batchnorm)])
+    return init, result.state
+
+
+def _changed(before: dict, after: dict, prefix: str) -> bool:
+    return any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix) and before[k].is_floating_point())
+
+
+# ---------------------------------------------------------------------------------- few labels
+def test_few_labels_keeps_n_originals_a_class_with_their_copies():
+    data = DataConfig(modality="tabular", image_shape=None)
+    frame = pd.DataFrame({"id": range(12), "label": [0, 1] * 6, "f": range(12),
+                          "augmented_from": pd.array([pd.NA] * 6 + list(range(6)), dtype="Int64")})
+    few = few_labels.fn(frame, data, 2, seed=0)
+    originals = few[few["augmented_from"].isna()]
+    assert originals["label"].value_counts().to_dict() == {0: 2, 1: 2}
+    assert set(few["augmented_from"].dropna()) <= set(originals["id"])
+    with pytest.raises(UserError, match="labels_per_class=9"):
+        few_labels.fn(frame, data, 9, seed=0)
+
+
+def test_augment_labels_adds_copies_of_each_image():
+    x, y = _arrays(6)["train"]
+    bigger_x, bigger_y = augment_labels(x, y, 3, AugmentConfig(), seed=0)
+    assert bigger_x.shape == (24, 1, 8, 8) and list(bigger_y) == list(y) * 4
+    assert np.array_equal(bigger_x[:6], x) and not np.array_equal(bigger_x[6:12], x)
+
+
+# ------------------------------------------------------------------------------------ schedule
+def test_schedule_per_strategy():
+    lr = 1.0
+    assert schedule(FinetuneConfig(strategy="linear_probe"), 3, lr)[0] == [None, None, None]
+    at, lrs = schedule(FinetuneConfig(strategy="full", backbone_lr_ratio=0.5, layer_lr_decay=0.5), 3, lr)
+    assert at == [0, 0, 0] and lrs == [0.125, 0.25, 0.5]  # bottom group slowest
+    assert schedule(FinetuneConfig(strategy="gradual", unfreeze_at_epoch=2, unfreeze_every=3), 3, lr)[0] == [8, 5, 2]
+    assert schedule(FinetuneConfig(strategy="probe_then_full", unfreeze_at_epoch=4), 3, lr)[0] == [4, 4, 4]
+
+
+def test_cnn_layer_groups_cover_every_backbone_parameter():
+    backbone = SPEC.build().backbone
+    grouped = {id(p) for group in layer_groups(backbone) for m in group for p in m.parameters()}
+    assert grouped == {id(p) for p in backbone.parameters()} and len(layer_groups(backbone)) == 3
+
+
+# ---------------------------------------------------------------------------------- strategies
+def test_linear_probe_trains_only_the_head_and_keeps_batchnorm_statistics():
+    init, state = _fit(FinetuneConfig(strategy="linear_probe"))
+    assert not _changed(init, state, "backbone.")  # weights and running statistics alike
+    assert _changed(init, state, "head.")
+
+
+def test_full_fine_tuning_trains_the_backbone():
+    init, state = _fit(FinetuneConfig(strategy="full", backbone_lr_ratio=0.5, layer_lr_decay=0.5))
+    assert _changed(init, state, "backbone.features.0.") and _changed(init, state, "backbone.dense.")
+
+
+def test_gradual_unfreezing_reaches_the_top_group_first():
+    # 2 epochs; the top group (dense) unfreezes at epoch 1, the conv blocks later: never within the run
+    init, state = _fit(FinetuneConfig(strategy="gradual", unfreeze_at_epoch=1, unfreeze_every=5))
+    assert _changed(init, state, "backbone.dense.")
+    assert not _changed(init, state, "backbone.features.")
+
+
+def test_probe_then_full_with_frozen_batchnorm_keeps_running_statistics():
+    init, state = _fit(FinetuneConfig(strategy="probe_then_full", unfreeze_at_epoch=1, batchnorm="frozen"))
+    assert _changed(init, state, "backbone.features.0.weight")
+    assert torch.equal(init["backbone.features.1.running_mean"], state["backbone.features.1.running_mean"])
+
+
+# ------------------------------------------------------------------------------- weights files
+def test_safetensors_file_loads(tmp_path):
+    save_file({k: v.contiguous() for k, v in _source_state().items()}, str(tmp_path / "w.safetensors"))
+    state = read_weights_file(tmp_path / "w.safetensors")
+    init, report = transfer_state(state, SPEC.build())
+    assert len(report["loaded"]) == len(SPEC.build().state_dict()) and not report["missing"]
+
+
+def test_pt_state_dict_with_a_prefix_maps_and_loads_partially(tmp_path):
+    # A torchvision/timm-style checkpoint: nested under "state_dict", keys prefixed "module.",
+    # plus a tensor the network does not have and a head of another shape.
+    state = {f"module.{k}": v for k, v in _source_state().items()}
+    state["module.head.weight"] = torch.zeros(10, 8)
+    state["module.extra.weight"] = torch.zeros(2)
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "w.pt")
+    mapped = map_keys(read_weights_file(tmp_path / "w.pt"), {"module.": ""})
+    init, report = transfer_state(mapped, SPEC.build())
+    assert report["mismatched"] == ["head.weight"] and "extra.weight" in report["skipped"]
+    assert "backbone.features.0.weight" in report["loaded"] and "head.weight" in report["missing"]
+    assert torch.equal(init["backbone.features.0.weight"], _source_state()["backbone.features.0.weight"])
+    with pytest.raises(UserError, match="no tensor matched"):
+        check_transfer(transfer_state(read_weights_file(tmp_path / "w.pt"), SPEC.build())[1], "w.pt")
+
+
+def test_map_keys_longest_prefix_wins_and_empty_prefix_adds_one():
+    state = {"a.b.w": 1, "a.w": 2, "c": 3}
+    assert map_keys(state, {"a.": "x.", "a.b.": "y."}) == {"y.w": 1, "x.w": 2, "c": 3}
+    assert map_keys({"w": 1}, {"": "backbone."}) == {"backbone.w": 1}
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("name", ["weights.pt", "weights.pth", "weights.bin", "weights.safetensors"])
+def test_a_pickle_payload_as_user_weights_is_refused_without_running(tmp_path, name):
+    payload = _Payload()
+    payload.marker = tmp_path / "pwned"
+    (tmp_path / name).write_bytes(pickle.dumps({"backbone.w": payload}))
+    with pytest.raises(UserError, match="refused|not a safetensors"):
+        read_weights_file(tmp_path / name)
+    assert not payload.marker.exists()
+
+
+def test_init_from_is_checked_in_params():
+    from pydantic import ValidationError
+
+    for good in ("train", "scratch", "package:all-minilm-l6-v2", "models/mine.pth", "w.safetensors"):
+        FinetuneConfig(init_from=good)
+    with pytest.raises(ValidationError, match="weights file"):
+        FinetuneConfig(init_from="package:resnet50")
+    assert FinetuneConfig().optimizer == OptimizerConfig()
