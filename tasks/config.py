@@ -168,7 +168,7 @@ class RepairConfig(Strict):
     # report: count only; keep: do not look (a million-row table saves the hashing)
     duplicates: Literal["drop", "report", "keep"] = "drop"  # rows equal in features and label: keep the first
     conflicts: Literal["drop", "report", "keep"] = "drop"  # rows equal in features, different labels: drop them all
-    encode: Literal["onehot", "ordinal"] = "onehot"  # categorical columns, categories from train
+    encode: Literal["onehot", "ordinal", "none"] = "onehot"  # categorical columns, categories from train (none: keep text)
     scale: Literal["none", "standard", "robust"] = "none"  # numeric features, statistics from train (for MLPs)
     imbalance: Literal["none", "class_weight", "oversample", "undersample", "smote", "borderline_smote",
                        "adasyn", "smotenc"] = "class_weight"

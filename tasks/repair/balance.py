@@ -62,12 +62,13 @@ def _random(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig, first_id: 
         dropped = np.setdiff1d(np.arange(len(train)), kept)
         return train.iloc[kept].reset_index(drop=True), [L.rows("train", ids[dropped], "imbalance: undersample drop")]
     target = max(sizes)
-    extra = np.concatenate([rng.choice(rows, size=target - len(rows), replace=True) for rows in groups.values()])
-    copies = train.iloc[np.sort(extra)]
-    new_ids = _fresh_ids(ids, len(copies), first_id)
-    ledger = L.rows("train", new_ids, "imbalance: oversample copy", added_from=copies[data.id].to_numpy())
-    copies = copies.assign(**{data.id: new_ids})
-    return pd.concat([train, copies], ignore_index=True), [ledger]
+    extra = np.sort(np.concatenate([rng.choice(rows, size=target - len(rows), replace=True) for rows in groups.values()]))
+    new_ids = _fresh_ids(ids, len(extra), first_id)
+    ledger = L.rows("train", new_ids, "imbalance: oversample copy", added_from=ids[extra])
+    # One take of originals + copies: no separate frame of copies, no concat (a million rows: half the memory).
+    out = train.take(np.concatenate([np.arange(len(train)), extra]))
+    out[data.id] = np.concatenate([ids, new_ids])
+    return out.reset_index(drop=True), [ledger]
 
 
 def _synthetic(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig, first_id: int | None) -> tuple[pd.DataFrame, list[pa.Table]]:

@@ -21,7 +21,7 @@ class Encoder:
         self.scale = scale
 
     def fit(self, train: pd.DataFrame, categorical: list[str], numeric: list[str] = ()) -> Encoder:
-        self.categories_ = {c: sorted(map(str, train[c].dropna().unique())) for c in categorical}
+        self.categories_ = {c: sorted(map(str, train[c].dropna().unique())) for c in categorical} if self.how != "none" else {}
         self.scaling_: dict[str, list[float]] = {}  # column -> [centre, spread]
         if self.scale != "none" and numeric:
             block = train[list(numeric)]

@@ -49,6 +49,10 @@ class Repairer:
 
     def fit_transform(self, train: pd.DataFrame, encode: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         """Fit every step on train as the earlier steps leave it; returns (train repaired, ledger, findings)."""
+        frame, parts, findings = self._fit_transform(train, encode)
+        return frame, L.to_frame(parts), findings
+
+    def _fit_transform(self, train: pd.DataFrame, encode: bool) -> tuple[pd.DataFrame, list, dict]:
         self.features_ = feature_columns(train, self.data)
         self.numeric_ = [c for c in self.features_ if pd.api.types.is_numeric_dtype(train[c])]
         self.categorical_ = [c for c in self.features_ if c not in self.numeric_]
@@ -61,7 +65,7 @@ class Repairer:
         parts += more
         self.encoder_ = Encoder(self.cfg.encode, self.cfg.scale).fit(frame, self.categorical_, self.numeric_)
         self.class_weights_ = class_weights(frame[self.data.label])
-        return (self.encode(frame) if encode else frame).reset_index(drop=True), L.to_frame(parts), findings
+        return (self.encode(frame) if encode else frame).reset_index(drop=True), parts, findings
 
     def transform(self, frame: pd.DataFrame, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         out, ledger, _ = self.transform_with_findings(frame, split)
@@ -184,9 +188,9 @@ def repair_train(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig, spec:
     from tasks.repair.balance import resample
 
     repairer = Repairer(cfg, data, spec)
-    frame, ledger, findings = repairer.fit_transform(train, encode=False)
+    frame, parts, findings = repairer._fit_transform(train, encode=False)
     frame, added = resample(frame, cfg, data, first_id)
-    return repairer, repairer.encode(frame), L.concat([ledger, L.to_frame(added)]), findings
+    return repairer, repairer.encode(frame), L.to_frame(parts + added), findings
 
 
 @task

