@@ -284,6 +284,81 @@ class EvaluateConfig(Strict):
     gate: GateConfig = GateConfig()
 
 
+# ------------------------------------------------------------------------------------ compress
+class QuantizeConfig(Strict):
+    dynamic: bool = True  # torch.ao dynamic int8: Linear/LSTM weights int8, activations quantized on the fly
+    static: bool = True  # torch.ao FX static int8: conv-bn-relu fused, activations calibrated
+    engine: Literal["x86", "fbgemm", "qnnpack", "onednn"] = "x86"
+    calibration_rows: int = Field(512, ge=1)  # train-pool rows that set the activation ranges
+
+
+class PruneConfig(Strict):
+    amount: Annotated[float, Field(gt=0, lt=1)] = 0.5  # fraction of weights (or channels) set to zero
+    scope: Literal["global", "layer"] = "global"  # one L1 threshold for all layers, or per layer
+    structure: Literal["unstructured", "channels"] = "unstructured"  # channels: L1 of whole conv/linear output rows
+    finetune_epochs: int = Field(3, ge=0)  # masked fine-tune on the stage's labelled rows (0: none)
+
+    @model_validator(mode="after")
+    def _channels_per_layer(self) -> PruneConfig:
+        if self.structure == "channels" and self.scope == "global":
+            raise ValueError("structure 'channels' prunes each layer on its own; set scope: layer")
+        return self
+
+
+class DistillConfig(Strict):
+    student: BackboneConfig = BackboneConfig(widths=[16, 32, 48], hidden=64, dropout=0.1)
+    temperature: PositiveFloat = 4.0
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.7  # weight of the soft (teacher) loss; 1 - alpha on labels
+    # Hard labels: few = the rows finetune labelled (finetune.labels_per_class, finetune.seed), all = every
+    # train-pool label, none = teacher only. Every pool image gets the teacher's soft targets.
+    labels: Literal["few", "all", "none"] = "few"
+    optimizer: OptimizerConfig = OptimizerConfig(lr=0.003, weight_decay=0.0001)
+    trainer: TrainerConfig = TrainerConfig(max_epochs=15, batch_size=128)
+
+
+class BudgetConfig(Strict):
+    max_accuracy_drop: Annotated[float, Field(ge=0)] = 1.5  # points (percent) below the uncompressed model
+    min_size_reduction: Annotated[float, Field(ge=1)] = 2.0  # uncompressed bytes / candidate bytes
+    max_latency_ms: PositiveFloat | None = None  # p50 at latency.budget_batch; null: no latency budget
+
+
+class LatencyConfig(Strict):
+    num_threads: int = Field(1, ge=1)
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 64])
+    budget_batch: int = Field(64, ge=1)  # the batch size max_latency_ms applies to (must be in batch_sizes)
+    warmup: int = Field(10, ge=0)
+    repeats: int = Field(50, ge=3)
+
+    @model_validator(mode="after")
+    def _budget_batch_measured(self) -> LatencyConfig:
+        if self.budget_batch not in self.batch_sizes:
+            raise ValueError(f"budget_batch {self.budget_batch} is not among batch_sizes {self.batch_sizes}")
+        return self
+
+
+class OnnxConfig(Strict):
+    atol: PositiveFloat = 1e-3  # max |logit difference| allowed between torch fp32 and onnxruntime fp32
+    min_argmax_agreement: Annotated[float, Field(gt=0, le=1)] = 0.999
+    # A quantized pick ships an onnxruntime-int8 file, a different int8 scheme from torch's: it must
+    # agree with the torch int8 model's argmax on at least this fraction of the test rows.
+    min_quantized_agreement: Annotated[float, Field(gt=0, le=1)] = 0.98
+
+
+class CompressConfig(Strict):
+    model: Literal["finetune", "train"] = "finetune"
+    seed: int = 42  # pruning fine-tunes and the student's initialisation and batches
+    quantize: QuantizeConfig = QuantizeConfig()
+    prune: list[PruneConfig] = Field(default_factory=lambda: [PruneConfig()])
+    prune_optimizer: OptimizerConfig = OptimizerConfig(lr=0.0005, weight_decay=0.0)
+    prune_trainer: TrainerConfig = TrainerConfig(max_epochs=3, batch_size=64)  # max_epochs comes from each entry
+    distill: DistillConfig | None = DistillConfig()
+    budgets: BudgetConfig = BudgetConfig()
+    select: Literal["smallest", "fastest", "most_accurate"] = "smallest"  # among candidates within every budget
+    on_miss: Literal["fail", "keep_original"] = "keep_original"  # no candidate within budget
+    latency: LatencyConfig = LatencyConfig()
+    onnx: OnnxConfig = OnnxConfig()
+
+
 class Params(Strict):
     data: DataConfig = DataConfig()
     ingest: IngestConfig = IngestConfig()
@@ -293,6 +368,7 @@ class Params(Strict):
     train: TrainConfig = TrainConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    compress: CompressConfig = CompressConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

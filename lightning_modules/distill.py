@@ -1,0 +1,79 @@
+"""Knowledge distillation: a small student learns from a frozen teacher's softened outputs.
+
+The student backbone and the teacher network are injected (as in `Classifier`); the student gets
+its own linear head, so its weights carry the same names as any trained model (`backbone.*`,
+`head.*`) and load into `Network` unchanged. Rows with label -1 have no hard label: they learn
+from the teacher alone (Hinton et al., 2015).
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_modules.classifier import OPTIMIZERS
+
+UNLABELLED = -1
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
+                      temperature: float, alpha: float, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y) over labelled rows.
+
+    T^2 keeps the soft term's gradient scale independent of T (Hinton et al.); the KL is averaged
+    over every row, the cross-entropy over the rows whose label is not -1 (0 when none is).
+    """
+    t = temperature
+    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * t * t
+    labelled = y != UNLABELLED
+    hard = (F.cross_entropy(student_logits[labelled], y[labelled], weight=class_weights)
+            if labelled.any() else student_logits.new_zeros(()))
+    return alpha * soft + (1 - alpha) * hard
+
+
+class Distiller(pl.LightningModule):
+    def __init__(self, student: nn.Module, teacher: nn.Module, num_classes: int, optimizer: dict,
+                 temperature: float = 4.0, alpha: float = 0.7, class_weights: list[float] | None = None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["student", "teacher"])
+        self.backbone = student
+        self.head = nn.Linear(student.out_features, num_classes)
+        self.teacher = teacher.eval().requires_grad_(False)
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weights", weights, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        self.teacher.eval()  # the teacher's BatchNorm statistics and dropout stay fixed
+        return self
+
+    def student_state(self) -> dict[str, torch.Tensor]:
+        """The student's weights alone, named as `Network`'s."""
+        return {k: v.detach().cpu() for k, v in self.state_dict().items() if k.startswith(("backbone.", "head."))}
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        loss = distillation_loss(logits, teacher_logits, y, self.hparams.temperature, self.hparams.alpha, self.class_weights)
+        agree = (logits.argmax(dim=1) == teacher_logits.argmax(dim=1)).float().mean()
+        self.log_dict({"train/loss": loss, "train/teacher_agreement": agree}, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch  # the val split is fully labelled
+        logits = self(x)
+        acc = (logits.argmax(dim=1) == y).float().mean()
+        self.log_dict({"val/loss": F.cross_entropy(logits, y), "val/acc": acc}, on_step=False, on_epoch=True, batch_size=len(y))
+
+    def configure_optimizers(self):
+        o = self.hparams.optimizer
+        params = [*self.backbone.parameters(), *self.head.parameters()]  # never the teacher's
+        return OPTIMIZERS[o["name"]]([{"params": params, "lr": o["lr"]}], o)

@@ -1,0 +1,178 @@
+"""Compression methods on a tiny CNN: quantization shrinks, pruning zeros, distillation's loss,
+the budget verdicts, the int8 safetensors round trip and ONNX parity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lightning_modules.distill import distillation_loss
+from tasks import export
+from tasks.compress import (apply_pruning, distill_candidate, judge, measure, original, prune_candidate, prunable,
+                            quantize_dynamic_int8, quantize_static_int8, sparsity)
+from tasks.config import BudgetConfig, DistillConfig, LatencyConfig, OnnxConfig, OptimizerConfig, PruneConfig, TrainerConfig
+from tasks.errors import UserError
+from tasks.io import save_json
+from tasks.model_io import ModelSpec
+
+LATENCY = LatencyConfig(batch_sizes=[1, 8], budget_batch=8, warmup=1, repeats=3)
+TRAINER = TrainerConfig(max_epochs=1, batch_size=32, accelerator="cpu", num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    spec = ModelSpec({"kind": "cnn", "widths": [8, 16], "hidden": 32, "dropout": 0.0}, (1, 8, 8), [0, 1, 2], {})
+    network = spec.build().eval()
+    rng = np.random.default_rng(0)
+    x = rng.random((96, 1, 8, 8), dtype=np.float32)
+    y = export.torch_logits(network, x).argmax(axis=1)  # labels the network gets right: accuracy 1.0
+    return network, spec, x, y
+
+
+def _saved_bytes(candidate) -> int:
+    from safetensors.torch import save
+
+    return len(save(candidate.saved_state()[0]))
+
+
+def test_quantized_models_are_smaller_and_close(tiny):
+    network, spec, x, y = tiny
+    base = original(network, spec)
+    dynamic = quantize_dynamic_int8.fn(network, spec)
+    static = quantize_static_int8.fn(network, spec, x, "x86")
+    assert _saved_bytes(dynamic) < _saved_bytes(base)
+    assert _saved_bytes(static) < _saved_bytes(dynamic)  # the convs are int8 too
+    reference = export.torch_logits(network, x)
+    for candidate in (dynamic, static):
+        agree = (export.torch_logits(candidate.model, x).argmax(axis=1) == reference.argmax(axis=1)).mean()
+        assert agree > 0.9, candidate.name
+    row = measure.fn(static, x, y, LATENCY)
+    assert row["parameters"] == sum(p.numel() for p in network.parameters()) and row["p95_ms_b8"] >= row["p50_ms_b8"] > 0
+
+
+def test_static_quantization_names_a_missing_engine(tiny):
+    network, spec, x, _ = tiny
+    with pytest.raises(NotImplementedError, match="no-such-engine"):
+        quantize_static_int8.fn(network, spec, x, "no-such-engine")
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "static"])
+def test_int8_safetensors_round_trip_gives_the_same_logits(tiny, tmp_path, kind):
+    network, spec, x, _ = tiny
+    candidate = quantize_dynamic_int8.fn(network, spec) if kind == "dynamic" else quantize_static_int8.fn(network, spec, x, "x86")
+    tensors, encoding = candidate.saved_state()
+    assert any(t.dtype == torch.int8 for t in tensors.values())  # int8 on disk, not fp32
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    save_json({**spec.to_json(), "compression": candidate.recipe, "encoding": encoding}, tmp_path / "model.json")
+    loaded, _ = export.load_compressed(tmp_path)
+    np.testing.assert_array_equal(export.torch_logits(loaded, x), export.torch_logits(candidate.model, x))
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_unstructured_pruning_makes_exact_zeros_at_the_requested_sparsity(tiny, scope):
+    network, spec, _, _ = tiny
+    pruned = spec.build()  # a copy: the fixture's network stays dense
+    pruned.load_state_dict(network.state_dict())
+    layers = apply_pruning(pruned, PruneConfig(amount=0.5, scope=scope))
+    for layer, name in layers:
+        torch.nn.utils.prune.remove(layer, name)
+    assert not any(k.endswith(("_orig", "_mask")) for k in pruned.state_dict())  # permanent: plain weights again
+    assert sparsity(pruned) == pytest.approx(0.5, abs=0.01)
+    if scope == "layer":
+        for layer, name in layers:
+            assert (getattr(layer, name) == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)
+
+
+def test_channel_pruning_zeros_whole_output_channels_and_spares_the_head(tiny):
+    network, spec, _, _ = tiny
+    pruned = spec.build()
+    pruned.load_state_dict(network.state_dict())
+    for layer, name in apply_pruning(pruned, PruneConfig(amount=0.25, scope="layer", structure="channels")):
+        torch.nn.utils.prune.remove(layer, name)
+        rows = getattr(layer, name).flatten(1).abs().sum(dim=1)
+        assert int((rows == 0).sum()) == round(0.25 * len(rows))
+    assert (pruned.head.weight != 0).all()
+    assert all(not name.startswith("head") for name, m in pruned.named_modules() if any(m is l for l, _ in prunable(pruned, "channels")))
+
+
+def test_pruning_fine_tune_keeps_the_zeros(tiny):
+    network, spec, x, y = tiny
+    arrays = {"train": (x, y), "val": (x, y)}
+    candidate = prune_candidate.fn(network, spec, PruneConfig(amount=0.5, finetune_epochs=1), arrays,
+                                   OptimizerConfig(lr=0.01), TRAINER, seed=0)
+    assert candidate.history, "the fine-tune ran"
+    assert candidate.recipe["sparsity"] == pytest.approx(0.5, abs=0.01)
+    row = measure.fn(candidate, x, y, LATENCY)
+    weights = sum(w.numel() for w, _ in ((getattr(m, n), n) for m, n in prunable(candidate.fp32, "unstructured")))
+    assert row["parameters"] - row["nonzero_parameters"] == pytest.approx(weights / 2, abs=2)
+
+
+def test_distillation_loss_matches_a_hand_computed_case():
+    student = torch.tensor([[0.0, 0.0]])
+    teacher = torch.tensor([[2 * math.log(3), 0.0]])  # at T=2: softmax (3/4, 1/4)
+    # KL((3/4, 1/4) || (1/2, 1/2)) = 3/4 ln 1.5 + 1/4 ln 0.5 = 0.130812; x T^2 = 0.523248; CE(label 0) = ln 2
+    loss = distillation_loss(student, teacher, torch.tensor([0]), temperature=2.0, alpha=0.5)
+    assert loss.item() == pytest.approx(0.5 * 0.523248 + 0.5 * math.log(2), abs=1e-5)
+    unlabelled = distillation_loss(student, teacher, torch.tensor([-1]), temperature=2.0, alpha=0.5)
+    assert unlabelled.item() == pytest.approx(0.5 * 0.523248, abs=1e-5)  # teacher only
+
+
+def test_distilled_student_is_smaller_and_loads_as_a_network(tiny):
+    network, spec, x, y = tiny
+    cfg = DistillConfig(student={"kind": "cnn", "widths": [4, 8], "hidden": 8, "dropout": 0.0}, trainer=TRAINER)
+    labels = np.where(np.arange(len(y)) % 4 == 0, y, -1)
+    candidate = distill_candidate.fn(network, spec, cfg, {"train": (x, labels), "val": (x, y)}, seed=0)
+    assert sum(p.numel() for p in candidate.fp32.parameters()) < sum(p.numel() for p in network.parameters()) / 4
+    assert candidate.recipe["labelled_rows"] == int((labels >= 0).sum()) and candidate.recipe["train_rows"] == len(y)
+    candidate.spec.build().load_state_dict(candidate.fp32.state_dict())  # names fit the student spec
+
+
+def _row(name, accuracy, size, latency):
+    return {"name": name, "method": name, "accuracy": accuracy, "bytes": size, "p50_ms_b64": latency}
+
+
+def test_judge_picks_the_best_within_budget_and_names_what_each_missed():
+    rows = [_row("original", 0.90, 400, 10.0), _row("big", 0.90, 300, 5.0), _row("lossy", 0.85, 50, 5.0),
+            _row("slow", 0.895, 100, 30.0), _row("good", 0.895, 150, 8.0), _row("better", 0.899, 120, 9.0)]
+    budgets = BudgetConfig(max_accuracy_drop=1.0, min_size_reduction=2.0, max_latency_ms=20)
+    judged, chosen = judge.fn(rows, budgets, "smallest", 64)
+    verdicts = {r["name"]: r for r in judged}
+    assert chosen == "better"
+    assert verdicts["big"]["missed"] == ["size reduction 1.33x < 2.0x"]
+    assert verdicts["lossy"]["missed"] == ["accuracy drop 5.00 > 1.0 points"]
+    assert verdicts["slow"]["missed"] == ["latency 30.00 ms > 20.0 ms at batch 64"]
+    assert verdicts["good"]["verdict"] == "within budget" and verdicts["original"]["verdict"] == "reference"
+    assert judge.fn(rows, budgets, "fastest", 64)[1] == "good"
+    assert judge.fn(rows, budgets, "most_accurate", 64)[1] == "better"
+    _, none = judge.fn(rows[:4], budgets, "smallest", 64)
+    assert none is None
+
+
+def test_onnx_export_agrees_with_torch(tiny):
+    network, spec, x, y = tiny
+    model, report = export.export_onnx(network, None, spec.in_shape, x, y, OnnxConfig())
+    assert report["fp32"]["max_abs_diff"] < 1e-4 and report["fp32"]["argmax_agreement"] == 1.0
+    batch = export.onnx_logits(export.onnx_session(model), x[:5])  # another batch size: the batch dimension is dynamic
+    np.testing.assert_allclose(batch, export.torch_logits(network, x[:5]), atol=1e-4)
+
+
+def test_quantized_pick_ships_onnxruntime_int8_checked_against_torch_int8(tiny):
+    network, spec, x, y = tiny
+    static = quantize_static_int8.fn(network, spec, x, "x86")
+    fp32_model = export.onnx_bytes(network, spec.in_shape)
+    model, report = export.export_onnx(network, static.model, spec.in_shape, x, y, OnnxConfig(min_quantized_agreement=0.8))
+    assert report["shipped"].startswith("int8") and len(model) < len(fp32_model)
+    assert report["int8"]["argmax_agreement"] >= 0.8
+
+
+def test_onnx_parity_failure_stops_the_export(tiny, monkeypatch):
+    network, spec, x, y = tiny
+    real = export.onnx_logits
+    monkeypatch.setattr(export, "onnx_logits", lambda session, x: real(session, x) + 0.5)
+    with pytest.raises(UserError, match="ONNX parity failed: max \\|diff\\| 5.00e-01"):
+        export.export_onnx(network, None, spec.in_shape, x, y, OnnxConfig(atol=1e-3))
