@@ -54,6 +54,21 @@ def test_credit_validate_and_repair_lose_no_row_and_leave_no_missing_value():
     assert (ledger["rule"] == "missing: knn").sum() == 381 and (ledger["rule"] == "outlier iqr: clip").sum() > 0
 
 
+def test_credit_dvc_yaml_lists_only_params_its_params_yaml_has():
+    import yaml
+
+    params = yaml.safe_load((EXAMPLE / "params.yaml").read_text())
+    load_params(EXAMPLE / "params.yaml")  # and they parse
+    for name, stage in yaml.safe_load((EXAMPLE / "dvc.yaml").read_text())["stages"].items():
+        for key in stage.get("params", []):
+            node = params
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"examples/credit/dvc.yaml stage {name}: params key {key} absent"
+                node = node[part]
+        for dep in stage.get("deps", []):
+            assert (EXAMPLE / dep).exists() or dep.startswith(("data/", "models/", "reports/")), f"stage {name}: dep {dep} missing"
+
+
 @pytest.mark.slow
 def test_credit_example_repro_beats_the_majority_baseline(tmp_path):
     root = copy_repo(tmp_path / "repo")
