@@ -1,7 +1,11 @@
 """What the train and finetune flows share: loading a data set's splits as arrays, reporting
-progress to the Prefect UI while Lightning trains, and writing a fitted model with its history."""
+progress to the Prefect UI while Lightning trains, and writing a fitted model with its history.
+Checkpoints live under checkpoints/<stage>/ (git-ignored, not a DVC output, so they survive the
+output cleanup `dvc repro` does before rerunning a stage)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
@@ -11,6 +15,8 @@ from tasks.io import load_frame, load_json, save_json, save_text
 from tasks.model_io import ModelSpec, save_model
 from tasks.train import FitResult, to_arrays
 
+CHECKPOINTS = Path("checkpoints")
+
 
 def load_dataset(params: Params, name: str):
     """(train frame, val frame, classes): train is the augmented split, val the repaired one."""
@@ -19,8 +25,8 @@ def load_dataset(params: Params, name: str):
     return train, val, sorted(train[params.data.label].unique().tolist())
 
 
-def arrays_for(params: Params, classes: list, **frames) -> dict:
-    return {split: to_arrays(frame, params.data, classes) for split, frame in frames.items()}
+def arrays_for(params: Params, classes: list, task: str = "classification", **frames) -> dict:
+    return {split: to_arrays(frame, params.data, classes, task) for split, frame in frames.items()}
 
 
 def class_weights(params: Params, name: str, classes: list) -> list[float] | None:
@@ -35,7 +41,7 @@ def epoch_progress(key: str):
     artifact = create_progress_artifact(0.0, key=key, description=f"{key}: epochs done (%)")
 
     def on_epoch(epoch: int, max_epochs: int, row: dict) -> None:
-        update_progress_artifact(artifact, 100.0 * epoch / max(max_epochs, 1))
+        update_progress_artifact(artifact, min(100.0, 100.0 * epoch / max(max_epochs, 1)))
         shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")
         print(f"epoch {epoch}/{max_epochs}: {shown}")
 

@@ -3,6 +3,9 @@
 The classifier owns the head, so transfer learning swaps heads and keeps backbones.
 Each backbone is rebuilt from a plain dict (`build_backbone(spec, in_shape)`) saved beside the
 weights, so a model loads from safetensors + JSON without the training code's pickles.
+MLP and CNN live here; the RNN (sequence.py) and the Transformer (transformer.py) read images as
+rows, tables as features and text as tokens through one input adapter. Each backbone lists its
+`layer_groups()` bottom to top, for gradual unfreezing and per-layer learning rates.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from lightning_modules.sequence import RNN
+from lightning_modules.transformer import Transformer
 
 
 class MLP(nn.Module):
@@ -27,6 +33,10 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def layer_groups(self) -> list[list[nn.Module]]:
+        linear = [i for i, m in enumerate(self.net) if isinstance(m, nn.Linear)]
+        return [list(self.net[i:i + 3]) for i in linear]
 
 
 class CNN(nn.Module):
@@ -48,8 +58,11 @@ class CNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, hidden)
         return self.dense(self.features(x))
 
+    def layer_groups(self) -> list[list[nn.Module]]:
+        return [list(self.features[i:i + 4]) for i in range(0, len(self.features) - 2, 4)] + [[self.dense]]
 
-BACKBONES = {"mlp": MLP, "cnn": CNN}
+
+BACKBONES = {"mlp": MLP, "cnn": CNN, "rnn": RNN, "transformer": Transformer}
 
 
 def build_backbone(spec: dict[str, Any], in_shape: tuple[int, ...]) -> nn.Module:
@@ -61,17 +74,30 @@ def build_backbone(spec: dict[str, Any], in_shape: tuple[int, ...]) -> nn.Module
         from lightning_modules.pretrained import build_pretrained
 
         return build_pretrained({"kind": kind, **spec}, in_shape)
+    if kind in ("mlp", "cnn"):
+        if spec.pop("vocab_size", None) is not None:
+            raise ValueError(f"the {kind} backbone cannot read token ids; use rnn or transformer for text")
+        spec.pop("pad_id", None)
     return BACKBONES[kind](tuple(in_shape), **spec)
 
 
 class Network(nn.Module):
     """Backbone + linear head with the same parameter names as `Classifier`, for plain-torch use
-    (evaluation, export, compression) without importing Lightning."""
+    (evaluation, export, compression) without importing Lightning.
 
-    def __init__(self, backbone: nn.Module, num_classes: int):
+    classification: one logit a class. binary: one logit, returned as the pair (0, z) so that
+    softmax gives (1 - sigmoid(z), sigmoid(z)) and every consumer of class logits works unchanged.
+    regression: one output.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, task: str = "classification"):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(backbone.out_features, num_classes)
+        self.task = task
+        self.head = nn.Linear(backbone.out_features, num_classes if task == "classification" else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        z = self.head(self.backbone(x))
+        if self.task == "binary":
+            return torch.cat([torch.zeros_like(z), z], dim=1)
+        return z

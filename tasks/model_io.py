@@ -28,8 +28,13 @@ class ModelSpec:
     classes: list
     extra: dict[str, Any]
 
+    @property
+    def task(self) -> str:
+        """classification | binary | regression (the head's shape and how its outputs read)."""
+        return self.extra.get("task", "classification")
+
     def build(self) -> Network:
-        return Network(build_backbone(self.backbone, self.in_shape), len(self.classes))
+        return Network(build_backbone(self.backbone, self.in_shape), len(self.classes), self.task)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "backbone": self.backbone, "in_shape": list(self.in_shape), "classes": self.classes, **self.extra}

@@ -1,15 +1,21 @@
-"""Train: fit a classifier with Lightning. Fine-tuning is this same code with other weights to
-start from and another backbone learning rate (see tasks/finetune.py), never a copied loop.
+"""Train: fit a model with Lightning. Fine-tuning is this same code with other weights to start
+from and another backbone learning rate (see tasks/finetune.py), never a copied loop.
 
-Pure: arrays, a model spec and typed config in; weights (a state dict), the per-epoch history and
-the final validation metrics out. flows/train.py reads frames and writes models/ and reports/.
+Pure apart from Lightning's own files: arrays, a model spec and typed config in; weights (a state
+dict), the per-epoch history and the final validation metrics out. Lightning writes checkpoints
+to the folder it is given (resume: tasks/checkpoints.py) and dvclive metrics to `live_dir`;
+flows/train.py reads frames and writes models/ and reports/.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -17,13 +23,20 @@ import pandas as pd
 import torch
 from prefect import task
 
-from lightning_modules.callbacks import EpochHistory
-from lightning_modules.classifier import Classifier
+from lightning_modules.callbacks import EpochHistory, EpochSeed
+from lightning_modules.classifier import LOSS_TASK, Classifier
 from lightning_modules.datamodule import ArrayDataModule
-from tasks.config import BackboneConfig, DataConfig, OptimizerConfig, TrainerConfig
+from tasks import checkpoints
+from tasks.config import BackboneConfig, BatchAugmentConfig, DataConfig, OptimizerConfig, TrainerConfig
 from tasks.errors import UserError
 from tasks.frames import feature_columns, features_array
 from tasks.model_io import ModelSpec
+
+# Lightning advertises a cloud logger on every run; the stage logs are ours.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
+
+__all__ = ["FitResult", "Plan", "plan", "preflight", "to_arrays", "transfer_state", "fit_classifier", "backbone_spec",
+           "input_shape", "vocab_size", "LOSS_TASK"]
 
 
 @dataclass
@@ -31,13 +44,24 @@ class FitResult:
     state: dict[str, torch.Tensor]
     history: list[dict]
     val_metrics: dict[str, float]
+    resumed_from_epoch: int | None = None
 
 
-def preflight(cfg: TrainerConfig, where: str = "trainer") -> str:
-    """One line: what was asked, what this machine has, what will run. Refuses absent hardware."""
+@dataclass
+class Plan:
+    device: str  # cpu | gpu | tpu | mps
+    strategy: str  # what Lightning gets
+    line: str  # what was asked, found and will happen
+
+
+def plan(cfg: TrainerConfig, where: str = "trainer") -> Plan:
+    """Check the asked hardware against this machine; refuse what cannot run, with one line."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
     cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
     found = f"{cuda} CUDA GPU(s)" if cuda else "no GPU"
-    asked = f"accelerator={cfg.accelerator} devices={cfg.devices} precision={cfg.precision}"
+    asked = (f"accelerator={cfg.accelerator} devices={cfg.devices} precision={cfg.precision} strategy={cfg.strategy}"
+             + (f" num_nodes={cfg.num_nodes}" if cfg.num_nodes > 1 else ""))
     if cfg.accelerator == "gpu" and not cuda:
         raise UserError(f"{where}.accelerator: asked for gpu, found {found}; set accelerator: auto or cpu")
     if cfg.accelerator == "tpu":
@@ -50,11 +74,33 @@ def preflight(cfg: TrainerConfig, where: str = "trainer") -> str:
     device = "gpu" if cfg.accelerator in ("gpu", "auto") and cuda else cfg.accelerator if cfg.accelerator != "auto" else "cpu"
     if device == "cpu" and cfg.precision == "16-mixed":
         raise UserError(f"{where}.precision: 16-mixed needs a GPU, found {found}; use bf16-mixed or 32-true on CPU")
-    return f"preflight: asked {asked}; found {found}, {os.cpu_count()} CPU core(s); will train on {device} with {cfg.precision}"
+    if device == "gpu" and isinstance(cfg.devices, int) and cfg.devices > cuda:
+        raise UserError(f"{where}.devices: asked for {cfg.devices} GPUs, found {cuda}")
+    if cfg.strategy == "fsdp" and device != "gpu":
+        raise UserError(f"{where}.strategy: fsdp shards over GPUs, found {found}; use ddp (CPU processes) or auto")
+    launched = TorchElasticEnvironment.detect() or SLURMEnvironment.detect()  # torchrun / srun started the ranks
+    if cfg.num_nodes > 1 and not launched:
+        raise UserError(f"{where}.num_nodes: {cfg.num_nodes} nodes need a launcher (torchrun or SLURM) that starts every rank")
+    processes = cfg.devices if isinstance(cfg.devices, int) else (cuda if device == "gpu" and cfg.devices == "auto" else 1)
+    strategy = cfg.strategy
+    if not launched and (strategy == "ddp" or (strategy == "auto" and processes > 1)):
+        # Lightning's ddp re-runs the command for every extra rank: inside a stage that is a whole second
+        # flow run. ddp_spawn starts the ranks from this process instead.
+        strategy = "ddp_spawn" if processes > 1 else "auto"
+    plan_text = f"{strategy} over {processes} {'process' if device == 'cpu' else device}(es)" if processes > 1 else f"one {device}"
+    line = f"preflight: asked {asked}; found {found}, {os.cpu_count()} CPU core(s); will train on {plan_text} with {cfg.precision}"
+    return Plan(device, strategy, line)
 
 
-def to_arrays(frame: pd.DataFrame, data: DataConfig, classes: list) -> tuple[np.ndarray, np.ndarray]:
-    """Features and class indices (position in `classes`)."""
+def preflight(cfg: TrainerConfig, where: str = "trainer") -> str:
+    """One line: what was asked, what this machine has, what will run. Refuses absent hardware."""
+    return plan(cfg, where).line
+
+
+def to_arrays(frame: pd.DataFrame, data: DataConfig, classes: list, task: str = "classification") -> tuple[np.ndarray, np.ndarray]:
+    """Features and targets: class indices (position in `classes`), or the numeric label for regression."""
+    if task == "regression":
+        return features_array(frame, data), frame[data.label].to_numpy(dtype=np.float32)
     index = {c: i for i, c in enumerate(classes)}
     unknown = set(frame[data.label].unique()) - set(index)
     if unknown:
@@ -88,35 +134,119 @@ def fit_classifier(
     backbone_lr_ratio: float = 1.0,
     label_smoothing: float = 0.0,
     on_epoch: Callable[[int, int, dict], None] | None = None,
+    on_the_fly: BatchAugmentConfig | None = None,
+    checkpoint_dir: Path | None = None,
+    live_dir: Path | None = None,
     callbacks: list[pl.Callback] | None = None,
 ) -> FitResult:
+    """Train `spec`'s network (task from spec.extra["task"]: classification, binary or regression).
+
+    checkpoint_dir: keep best/last checkpoints under it and resume an interrupted identical run;
+    live_dir: dvclive metrics and plots (trainer.logger: dvclive); callbacks: extra Lightning callbacks."""
+    run = plan(trainer_cfg)
     torch.set_num_threads(trainer_cfg.num_threads)
     pl.seed_everything(seed, workers=True, verbose=False)
     network = spec.build()
     if init_state is not None:
         network.load_state_dict(init_state)
     module = Classifier(network.backbone, len(spec.classes), optimizer.model_dump(), backbone_lr_ratio,
-                        class_weights, label_smoothing)
+                        class_weights, label_smoothing, spec.task)
     module.head.load_state_dict(network.head.state_dict())
-    history = EpochHistory(on_epoch)
-    trainer = pl.Trainer(
-        accelerator=trainer_cfg.accelerator, devices=trainer_cfg.devices, precision=trainer_cfg.precision,
-        max_epochs=trainer_cfg.max_epochs, gradient_clip_val=trainer_cfg.gradient_clip_val,
-        fast_dev_run=trainer_cfg.fast_dev_run, limit_train_batches=trainer_cfg.limit_train_batches,
-        deterministic=True, logger=False, enable_checkpointing=False, enable_model_summary=False,
-        num_sanity_val_steps=0, callbacks=[history, *(callbacks or [])],
+
+    spawn = run.strategy == "ddp_spawn"
+    with tempfile.TemporaryDirectory(prefix="trainflow-ckpt-") as scratch:
+        if checkpoint_dir is None and spawn:
+            checkpoint_dir = Path(scratch)  # ddp_spawn: the history comes back through the last checkpoint
+        folder, resume = None, None
+        if checkpoint_dir is not None:
+            settings = {"spec": spec.to_json(), "optimizer": optimizer.model_dump(), "seed": seed, "weights": class_weights,
+                        "ratio": backbone_lr_ratio, "smoothing": label_smoothing,
+                        "augment": on_the_fly.model_dump() if on_the_fly else None,
+                        "trainer": trainer_cfg.model_dump(exclude={"progress_bar", "logger", "num_threads"})}
+            folder, resume = checkpoints.prepare(Path(checkpoint_dir), checkpoints.run_key(settings, arrays, init_state))
+        history = EpochHistory(None if spawn else on_epoch)  # a Prefect callback cannot cross into spawned ranks
+        has_val = "val" in arrays and not trainer_cfg.fast_dev_run
+        trainer = pl.Trainer(**_trainer_args(trainer_cfg, run, folder, has_val, seed, history, live_dir, resume, callbacks))
+        resumed_epoch = None
+        if resume is not None:
+            resumed_epoch = int(checkpoints.load(resume)["epoch"]) + 1
+            print(f"resume: continuing from {resume} (epoch {resumed_epoch} of {trainer_cfg.max_epochs} done)")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # tensors in memory: none needed
+            warnings.filterwarnings("ignore", message=".*sampler.*")
+            warnings.filterwarnings("ignore", message=".*treespec.*")  # Lightning 2.6 on torch 2.13, harmless
+            datamodule = ArrayDataModule(arrays, trainer_cfg.batch_size, seed, on_the_fly.model_dump() if on_the_fly else None)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        rows = history.rows
+        if spawn and folder is not None and (folder / "last.ckpt").exists():
+            saved = checkpoints.callback_state(checkpoints.load(folder / "last.ckpt"), "EpochHistory")
+            rows = saved["rows"] if saved else rows
+            for row in rows if on_epoch else ():
+                on_epoch(row["epoch"] + 1, trainer_cfg.max_epochs, row)
+        state = {k: v.detach().cpu() for k, v in module.state_dict().items() if not k.startswith("class_weights")}
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback and has_val else ""
+        if trainer_cfg.restore_best and best and Path(best).exists():
+            state = {k: v.cpu() for k, v in checkpoints.load(Path(best))["state_dict"].items() if not k.startswith("class_weights")}
+        if folder is not None and trainer.state.finished:
+            checkpoints.mark_complete(folder)
+    final = rows[-1] if rows else {}
+    return FitResult(state, rows, {k: v for k, v in final.items() if k.startswith("val/")}, resumed_epoch)
+
+
+def _trainer_args(cfg: TrainerConfig, run: Plan, folder: Path | None, has_val: bool, seed: int, history: EpochHistory,
+                  live_dir: Path | None, resume: Path | None, extra: list[pl.Callback] | None) -> dict:
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+
+    callbacks: list[pl.Callback] = [history, EpochSeed(seed), *(extra or [])]
+    if folder is not None:
+        # Two callbacks, because save_last only refreshes last.ckpt when the monitored one saves.
+        if has_val:
+            callbacks.append(ModelCheckpoint(dirpath=folder, filename="best", monitor="val/loss", enable_version_counter=False))
+        callbacks.append(ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False))  # every epoch
+    if cfg.early_stopping_patience and has_val:
+        callbacks.append(EarlyStopping(monitor="val/loss", patience=cfg.early_stopping_patience, mode="min"))
+    if cfg.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=20))  # a redraw every 20 steps: per-step redraws cost time
+    logger = False
+    if cfg.logger == "dvclive" and live_dir is not None and not cfg.fast_dev_run:
+        from dvclive.lightning import DVCLiveLogger
+
+        # dvcyaml=None: the metrics and plots are declared in dvc.yaml by hand; an absolute dir (see README).
+        logger = DVCLiveLogger(dir=str(Path(live_dir).resolve()), dvcyaml=None, save_dvc_exp=False, resume=resume is not None)
+    deterministic = True if run.device == "cpu" else "warn"  # some GPU kernels have no deterministic version
+    return dict(
+        accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision, strategy=run.strategy, num_nodes=cfg.num_nodes,
+        max_epochs=cfg.max_epochs, gradient_clip_val=cfg.gradient_clip_val, gradient_clip_algorithm=cfg.gradient_clip_algorithm,
+        accumulate_grad_batches=cfg.accumulate_grad_batches, fast_dev_run=cfg.fast_dev_run,
+        # None rather than 1.0: an explicit 1.0 makes Lightning print a line about it.
+        limit_train_batches=None if cfg.limit_train_batches == 1.0 else cfg.limit_train_batches,
+        limit_val_batches=None if has_val else 0,
+        deterministic=deterministic, logger=logger, enable_checkpointing=folder is not None,
+        enable_progress_bar=cfg.progress_bar, enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks,
+        default_root_dir=str(folder) if folder is not None else None,
     )
-    trainer.fit(module, datamodule=ArrayDataModule(arrays, trainer_cfg.batch_size, seed))
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items() if not k.startswith("class_weights")}
-    final = history.rows[-1] if history.rows else {}
-    return FitResult(state, history.rows, {k: v for k, v in final.items() if k.startswith("val/")})
 
 
-def backbone_spec(cfg: BackboneConfig) -> dict:
+def vocab_size(frame: pd.DataFrame, data: DataConfig) -> int | None:
+    """Text: data.vocab_size, or the largest token id in `frame` + 1; None for other modalities."""
+    if data.modality != "text":
+        return None
+    return data.vocab_size or int(np.nanmax(frame[feature_columns(frame, data)].to_numpy(dtype=float))) + 1
+
+
+def backbone_spec(cfg: BackboneConfig, data: DataConfig | None = None, vocab: int | None = None) -> dict:
     """The JSON that rebuilds the backbone (lightning_modules.backbones.build_backbone)."""
+    if cfg.kind in ("mlp", "cnn") and vocab:
+        raise UserError(f"train.backbone.kind: {cfg.kind} cannot read token ids (data.modality: text); use rnn or transformer")
     if cfg.kind == "mlp":
         return {"kind": "mlp", "hidden": cfg.hidden, "depth": len(cfg.widths), "dropout": cfg.dropout}
-    return {"kind": "cnn", "widths": list(cfg.widths), "hidden": cfg.hidden, "dropout": cfg.dropout}
+    if cfg.kind == "cnn":
+        return {"kind": "cnn", "widths": list(cfg.widths), "hidden": cfg.hidden, "dropout": cfg.dropout}
+    tokens = {"vocab_size": vocab, "pad_id": data.pad_id} if vocab else {}
+    if cfg.kind == "rnn":
+        return {"kind": "rnn", "cell": cfg.cell, "hidden": cfg.hidden, "layers": cfg.layers, "bidirectional": cfg.bidirectional,
+                "embed": cfg.embed, "dropout": cfg.dropout, **tokens}
+    return {"kind": "transformer", "d_model": cfg.d_model, "heads": cfg.heads, "layers": cfg.layers, "dropout": cfg.dropout, **tokens}
 
 
 def input_shape(frame: pd.DataFrame, data: DataConfig) -> tuple[int, ...]:

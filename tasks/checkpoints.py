@@ -1,0 +1,70 @@
+"""Where a training run keeps its checkpoints, and when a rerun may resume from them.
+
+A run's checkpoints live in `<root>/<key>/` (root: e.g. checkpoints/train, outside DVC's outputs,
+so `dvc repro` does not delete them before rerunning a stage). The key hashes everything that
+decides the result: the model spec, the optimiser, trainer and augmentation settings, the seed,
+the arrays, the starting weights and the training code itself. So a checkpoint is only resumed
+by a run that would have produced it, never by one with other params, data or code. A run that
+finished leaves a `complete` marker: rerunning it trains again from the start instead of
+resuming a finished run. Checkpoints are Lightning's (torch.save) files, read back with
+`weights_only=True` so loading one never runs code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import lightning_modules
+
+COMPLETE = "complete"
+
+
+def run_key(settings: dict, arrays: dict[str, tuple[np.ndarray, np.ndarray]], init_state: dict[str, torch.Tensor] | None) -> str:
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for split in sorted(arrays):
+        for part in arrays[split]:
+            part = np.ascontiguousarray(part)
+            digest.update(f"{split}{part.dtype}{part.shape}".encode())
+            digest.update(part.tobytes())
+    for name in sorted(init_state or {}):
+        digest.update(name.encode())
+        digest.update(init_state[name].detach().cpu().contiguous().numpy().tobytes())
+    # The training code is part of what a checkpoint means: an edited module must not resume old weights.
+    for source in sorted(Path(lightning_modules.__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    digest.update(Path(__file__).with_name("train.py").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def prepare(root: Path, key: str) -> tuple[Path, Path | None]:
+    """The run's folder and the checkpoint to resume from (None: start fresh). Folders of other
+    keys under `root` are stale (other params, data or code) and removed."""
+    root.mkdir(parents=True, exist_ok=True)
+    for other in root.iterdir():
+        if other.is_dir() and other.name != key:
+            shutil.rmtree(other, ignore_errors=True)
+    folder = root / key
+    if (folder / COMPLETE).exists():
+        shutil.rmtree(folder)
+    folder.mkdir(exist_ok=True)
+    last = folder / "last.ckpt"
+    return folder, (last if last.exists() else None)
+
+
+def mark_complete(folder: Path) -> None:
+    (folder / COMPLETE).write_text("finished; a rerun trains from the start\n")
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def callback_state(checkpoint: dict, name: str) -> dict | None:
+    """The saved state of the callback whose class is `name` (Lightning keys states by class)."""
+    return next((state for key, state in checkpoint.get("callbacks", {}).items() if key.split("{")[0] == name), None)

@@ -1,0 +1,127 @@
+"""Training controls in plain torch + Lightning: schedules, losses, batches, on-the-fly augmentation."""
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+from lightning_modules.augment import BatchAugment
+from lightning_modules.backbones import build_backbone
+from lightning_modules.classifier import Classifier
+from lightning_modules.datamodule import ArrayDataModule, EpochBatches
+from lightning_modules.optim import OPTIMIZERS, build_scheduler
+
+ADAM = {"name": "adam", "lr": 1e-2, "weight_decay": 0.0, "momentum": 0.9}
+
+
+def _lrs(name: str, steps: int = 20, **extra) -> list[float]:
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    opt = torch.optim.SGD(params, lr=1.0)
+    cfg = {"name": name, "warmup_steps": 0, "step_size": 1, "gamma": 0.5, "factor": 0.5, "patience": 0, "min_lr": 0.0} | extra
+    sched = build_scheduler(opt, cfg, total_steps=steps, max_epochs=4)["scheduler"]
+    seen = []
+    for _ in range(steps):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return seen
+
+
+def test_schedules_shape_the_learning_rate():
+    step = _lrs("step")  # 20 steps over 4 epochs: x0.5 every 5 steps
+    assert step[0] == step[4] == 1.0 and step[5] == 0.5 and step[10] == 0.25
+    cosine = _lrs("cosine")
+    assert cosine[0] == 1.0 and all(a >= b for a, b in zip(cosine, cosine[1:])) and cosine[-1] < 0.05
+    warm = _lrs("cosine", warmup_steps=5)
+    assert warm[0] < 0.2 and warm[4] < warm[5] and max(warm) == pytest.approx(1.0)
+    onecycle = _lrs("onecycle")
+    assert onecycle[0] < 0.1 and max(onecycle) == pytest.approx(1.0, rel=0.05) and onecycle[-1] < 0.01
+    assert build_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), {"name": "none", "warmup_steps": 0}, 10, 1) is None
+
+
+def test_plateau_steps_on_validation_loss():
+    sched = build_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0),
+                            {"name": "plateau", "factor": 0.5, "patience": 1, "min_lr": 0.0}, 10, 1)
+    assert sched["monitor"] == "val/loss" and sched["interval"] == "epoch"
+
+
+def test_sgd_nesterov_from_params():
+    opt = OPTIMIZERS["sgd"]([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.1}],
+                            {"momentum": 0.9, "weight_decay": 0.0, "nesterov": True})
+    assert opt.param_groups[0]["nesterov"] is True
+
+
+def test_epoch_batches_depend_on_seed_and_epoch_only():
+    a, b = EpochBatches(10, 4, shuffle=True, seed=1), EpochBatches(10, 4, shuffle=True, seed=1)
+    first = [t.tolist() for t in a]
+    b.set_epoch(1)
+    assert [t.tolist() for t in b] != first  # another epoch, another order
+    b.set_epoch(0)
+    assert [t.tolist() for t in b] == first and sorted(sum(first, [])) == list(range(10))
+    assert len(a) == 3
+
+
+def test_mixup_targets_weigh_two_labels():
+    module = Classifier(build_backbone({"kind": "mlp", "hidden": 4, "depth": 1}, (3,)), 3, ADAM)
+    out = torch.randn(4, 3)
+    a, b = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 1, 0, 2])
+    plain = torch.nn.functional.cross_entropy(out, a, reduction="none")
+    other = torch.nn.functional.cross_entropy(out, b, reduction="none")
+    mixed = torch.stack([a.float(), b.float(), torch.full((4,), 0.25)], dim=1)
+    torch.testing.assert_close(module.loss(out, mixed), (0.75 * plain + 0.25 * other).mean())
+
+
+def test_l1_penalty_raises_the_training_loss():
+    x, y = torch.rand(8, 3), torch.randint(0, 3, (8,))
+    losses = []
+    for l1 in (0.0, 1.0):
+        torch.manual_seed(0)
+        module = Classifier(build_backbone({"kind": "mlp", "hidden": 4, "depth": 1}, (3,)), 3, ADAM | {"l1": l1})
+        module.log_dict = lambda *a, **k: None  # no trainer attached
+        losses.append(module.training_step((x, y), 0))
+    assert losses[1] > losses[0] + 1.0
+
+
+@pytest.mark.parametrize("cfg", [{"rotation_deg": 15, "translate": 0.1, "hflip": 0.5, "erasing": 0.5, "noise_std": 0.05},
+                                 {"mixup": 1.0}, {"cutmix": 1.0}])
+def test_batch_augment_keeps_shapes_and_mixes_labels(cfg):
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 1, 8, 8), torch.arange(8) % 3
+    out, target = BatchAugment(cfg)(x, y)
+    assert out.shape == x.shape and not torch.equal(out, x)
+    if "mixup" in cfg or "cutmix" in cfg:
+        assert target.shape == (8, 3) and torch.equal(target[:, 0].long(), y)
+        assert ((target[:, 2] >= 0) & (target[:, 2] <= 1)).all()
+    else:
+        assert torch.equal(target, y)
+
+
+@pytest.mark.parametrize(("task", "y"), [("binary", np.array([0, 1] * 16)), ("regression", np.linspace(0, 1, 32, dtype=np.float32))])
+def test_binary_and_regression_train_in_the_same_module(task, y):
+    rng = np.random.default_rng(0)
+    arrays = {s: (rng.random((32, 4), dtype=np.float32), y) for s in ("train", "val")}
+    module = Classifier(build_backbone({"kind": "mlp", "hidden": 8, "depth": 1}, (4,)), 2, ADAM, class_weights=[1.0, 3.0], task=task)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    trainer.fit(module, datamodule=ArrayDataModule(arrays, 16))
+    metric = "val/acc" if task == "binary" else "val/mae"
+    assert module.head.out_features == 1 and metric in trainer.callback_metrics
+
+
+def test_on_the_fly_augmentation_runs_on_training_batches_only():
+    rng = np.random.default_rng(0)
+    arrays = {s: (rng.random((32, 1, 8, 8), dtype=np.float32), rng.integers(0, 3, 32)) for s in ("train", "val")}
+    seen = {}
+
+    class Spy(Classifier):
+        def training_step(self, batch, batch_idx):
+            seen["train"] = batch[1].shape
+            return super().training_step(batch, batch_idx)
+
+        def validation_step(self, batch, batch_idx):
+            seen["val"] = batch[1].shape
+            return super().validation_step(batch, batch_idx)
+
+    module = Spy(build_backbone({"kind": "cnn", "widths": [4]}, (1, 8, 8)), 3, ADAM)
+    pl.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False).fit(
+        module, datamodule=ArrayDataModule(arrays, 16, augment={"mixup": 1.0, "rotation_deg": 10}))
+    assert seen == {"train": (16, 3), "val": (16,)}

@@ -1,0 +1,187 @@
+"""tasks/train.py: the preflight, fit_classifier's training controls, determinism, resume, DDP."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from tasks.config import BackboneConfig, OptimizerConfig, TrainerConfig
+from tasks.errors import UserError
+from tasks.model_io import ModelSpec, load_model, save_model
+from tasks.train import backbone_spec, fit_classifier, preflight
+
+QUIET = dict(accelerator="cpu", num_threads=1, progress_bar=False, logger="none", batch_size=32)
+
+
+def _trainer(**kw) -> TrainerConfig:
+    return TrainerConfig(**(QUIET | kw))
+
+
+def _digits(n: int = 600, seed: int = 0) -> dict:
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(seed).permutation(len(x))[: n + 200]
+    x = (x[order] / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    return {"train": (x[:n], y[order][:n]), "val": (x[n:], y[order][n:])}
+
+
+def _spec(kind: str = "cnn", in_shape=(1, 8, 8), classes=tuple(range(10)), task="classification", **backbone) -> ModelSpec:
+    cfg = BackboneConfig(kind=kind, widths=[8, 16], hidden=16, dropout=0.2, d_model=16, heads=2, layers=1, embed=8) \
+        .model_copy(update=backbone)
+    vocab = backbone.get("vocab")
+    return ModelSpec(backbone_spec(cfg, None if vocab is None else _Data(), vocab), in_shape, list(classes), {"task": task})
+
+
+class _Data:  # the one DataConfig field backbone_spec reads for tokens
+    pad_id = 0
+
+
+def _hash(state: dict) -> str:
+    return hashlib.sha256(b"".join(k.encode() + v.numpy().tobytes() for k, v in sorted(state.items()))).hexdigest()
+
+
+# ----------------------------------------------------------------------------------- preflight
+@pytest.mark.parametrize(("asked", "says"), [
+    ({"accelerator": "gpu"}, "train.trainer.accelerator: asked for gpu, found no GPU; set accelerator: auto or cpu"),
+    ({"accelerator": "tpu"}, "train.trainer.accelerator: asked for tpu, found none"),
+    ({"accelerator": "cpu", "precision": "16-mixed"}, "train.trainer.precision: 16-mixed needs a GPU"),
+    ({"accelerator": "cpu", "strategy": "fsdp"}, "train.trainer.strategy: fsdp shards over GPUs"),
+    ({"accelerator": "cpu", "num_nodes": 2}, "train.trainer.num_nodes: 2 nodes need a launcher"),
+])
+def test_preflight_refuses_what_this_machine_cannot_run_in_one_line(asked, says):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(UserError) as error:
+        preflight(TrainerConfig(**asked), "train.trainer")
+    assert str(error.value).startswith(says) and "\n" not in str(error.value)
+
+
+def test_preflight_says_what_was_asked_found_and_will_run():
+    line = preflight(TrainerConfig(accelerator="cpu", devices=2, strategy="ddp", precision="bf16-mixed"))
+    assert line.startswith("preflight: asked accelerator=cpu devices=2 precision=bf16-mixed strategy=ddp; found ")
+    assert line.endswith("will train on ddp_spawn over 2 process(es) with bf16-mixed")  # ddp would re-run the stage per rank
+    assert preflight(TrainerConfig(accelerator="auto")).endswith("will train on one cpu with 32-true") or torch.cuda.is_available()
+
+
+# ---------------------------------------------------------------------------- training controls
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "rnn", "transformer"])
+def test_each_backbone_trains_on_images(kind):
+    result = fit_classifier.fn(_digits(200), _spec(kind), OptimizerConfig(), _trainer(fast_dev_run=True), seed=0)
+    assert set(result.state) >= {"head.weight", "head.bias"} and result.history
+
+
+@pytest.mark.parametrize("kind", ["rnn", "transformer"])
+def test_sequence_backbones_train_on_token_ids(kind):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 12, 96)
+    ids = np.where(np.arange(12) < lengths[:, None], rng.integers(1, 30, (96, 12)), 0).astype(np.float32)
+    y = (ids[:, 0] > 15).astype(np.int64)  # the first token decides the class
+    arrays = {"train": (ids[:64], y[:64]), "val": (ids[64:], y[64:])}
+    result = fit_classifier.fn(arrays, _spec(kind, (12,), (0, 1), vocab=30), OptimizerConfig(lr=0.01), _trainer(max_epochs=2), seed=0)
+    assert "backbone.input.embed.weight" in result.state and result.val_metrics["val/loss"] > 0
+
+
+def test_optimisers_schedules_and_regularisation_from_params():
+    optimizer = OptimizerConfig(name="sgd", lr=0.05, nesterov=True, l1=1e-5, weight_decay=1e-4,
+                                scheduler={"name": "cosine", "warmup_steps": 3})
+    trainer = _trainer(max_epochs=2, gradient_clip_val=0.5, gradient_clip_algorithm="value", accumulate_grad_batches=2)
+    result = fit_classifier.fn(_digits(200), _spec(), optimizer, trainer, seed=0)
+    assert len(result.history) == 2 and {"val/loss", "val/acc"} <= set(result.val_metrics)
+
+
+def test_binary_and_regression_from_the_same_function():
+    arrays = _digits(200)
+    binary = {s: (x, (y >= 5).astype(np.int64)) for s, (x, y) in arrays.items()}
+    result = fit_classifier.fn(binary, _spec(classes=(0, 1), task="binary"), OptimizerConfig(), _trainer(max_epochs=1), 0, [1.0, 2.0])
+    assert result.state["head.weight"].shape[0] == 1 and "val/acc" in result.val_metrics
+    regression = {s: (x, y.astype(np.float32)) for s, (x, y) in arrays.items()}
+    result = fit_classifier.fn(regression, _spec(classes=(), task="regression"), OptimizerConfig(), _trainer(max_epochs=1), 0)
+    assert "val/mae" in result.val_metrics
+
+
+def test_same_params_give_the_same_metrics_and_weights():
+    runs = [fit_classifier.fn(_digits(300), _spec(), OptimizerConfig(), _trainer(max_epochs=2), seed=3) for _ in range(2)]
+    assert runs[0].history == runs[1].history and _hash(runs[0].state) == _hash(runs[1].state)
+    other = fit_classifier.fn(_digits(300), _spec(), OptimizerConfig(), _trainer(max_epochs=2), seed=4)
+    assert _hash(other.state) != _hash(runs[0].state)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _StopAfter:
+    """A callback that dies in the middle of epoch `epochs` + 1, like a killed process (checkpoints stay)."""
+
+    def __new__(cls, epochs: int):
+        import lightning.pytorch as pl
+
+        class Stop(pl.Callback):
+            def on_train_batch_start(self, trainer, module, batch, batch_idx):
+                if trainer.current_epoch == epochs and batch_idx == 2:
+                    raise _Interrupt
+
+        return Stop()
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    arrays, spec, optimizer = _digits(300), _spec(), OptimizerConfig(scheduler={"name": "step", "step_size": 1, "gamma": 0.5})
+    trainer = _trainer(max_epochs=3)
+    whole = fit_classifier.fn(arrays, spec, optimizer, trainer, seed=1)
+    with pytest.raises(_Interrupt):
+        fit_classifier.fn(arrays, spec, optimizer, trainer, seed=1, checkpoint_dir=tmp_path, callbacks=[_StopAfter(2)])
+    resumed = fit_classifier.fn(arrays, spec, optimizer, trainer, seed=1, checkpoint_dir=tmp_path)
+    assert resumed.resumed_from_epoch == 2
+    assert _hash(resumed.state) == _hash(whole.state) and resumed.history == whole.history
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert {"best.ckpt", "last.ckpt", "complete"} <= {p.name for p in folder.iterdir()}
+    again = fit_classifier.fn(arrays, spec, optimizer, trainer, seed=1, checkpoint_dir=tmp_path)
+    assert again.resumed_from_epoch is None  # a finished run trains again instead of "resuming" its end
+
+
+def test_other_params_never_resume_a_stale_checkpoint(tmp_path):
+    arrays, spec = _digits(200), _spec()
+    with pytest.raises(_Interrupt):
+        fit_classifier.fn(arrays, spec, OptimizerConfig(), _trainer(max_epochs=2), seed=1, checkpoint_dir=tmp_path,
+                          callbacks=[_StopAfter(1)])
+    other = fit_classifier.fn(arrays, spec, OptimizerConfig(lr=0.01), _trainer(max_epochs=2), seed=1, checkpoint_dir=tmp_path)
+    assert other.resumed_from_epoch is None and len([p for p in tmp_path.iterdir() if p.is_dir()]) == 1
+
+
+def test_restore_best_and_early_stopping(tmp_path):
+    trainer = _trainer(max_epochs=4, early_stopping_patience=1, restore_best=True)
+    result = fit_classifier.fn(_digits(200), _spec(), OptimizerConfig(lr=0.5, name="sgd"), trainer, seed=0, checkpoint_dir=tmp_path)
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    best = torch.load(folder / "best.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(best[k], v) for k, v in result.state.items())
+    losses = [row["val/loss"] for row in result.history]
+    assert len(losses) == 4 or losses[-1] >= min(losses[:-1])  # stopped only after a worse epoch
+
+
+@pytest.mark.parametrize("kind", ["rnn", "transformer"])
+def test_new_backbones_round_trip_through_safetensors_and_json(tmp_path, kind):
+    spec = _spec(kind)
+    network = spec.build().eval()
+    save_model(network.state_dict(), spec, tmp_path)
+    loaded, _ = load_model(tmp_path)
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(network(x), loaded(x))
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_evaluates_like_one_process(tmp_path):
+    arrays = _digits(1200)
+    x, y = load_digits(return_X_y=True)
+    test_x = torch.as_tensor((x[-300:] / 16.0).astype(np.float32).reshape(-1, 1, 8, 8))
+    accuracy = {}
+    for name, trainer in {"one": _trainer(max_epochs=4), "ddp": _trainer(max_epochs=4, devices=2, strategy="ddp")}.items():
+        result = fit_classifier.fn(arrays, _spec(), OptimizerConfig(lr=0.005), trainer, seed=0, checkpoint_dir=tmp_path / name)
+        save_model(result.state, _spec(), tmp_path / name / "model")
+        network, _ = load_model(tmp_path / name / "model")
+        with torch.inference_mode():
+            accuracy[name] = float((network(test_x).argmax(1).numpy() == y[-300:]).mean())
+        assert len(result.history) == 4
+    assert accuracy["one"] > 0.85 and abs(accuracy["ddp"] - accuracy["one"]) < 0.06, accuracy
