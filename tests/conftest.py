@@ -30,6 +30,14 @@ def shrunk_params_dict() -> dict:
     for stage in ("train", "finetune"):
         raw[stage]["trainer"].update(max_epochs=1, batch_size=64, accelerator="cpu", num_threads=1)
     raw["finetune"]["labels_per_class"] = 5
+    if raw.get("compress"):  # compress: 1-epoch fine-tunes and student, few timed calls
+        c = raw["compress"]
+        c["prune"] = [{**p, "finetune_epochs": min(p.get("finetune_epochs", 1), 1)} for p in c.get("prune") or []]
+        c.setdefault("prune_trainer", {}).update(accelerator="cpu", num_threads=1)
+        if c.get("distill"):
+            c["distill"].setdefault("trainer", {}).update(max_epochs=1, batch_size=64, accelerator="cpu", num_threads=1)
+        c.setdefault("quantize", {})["calibration_rows"] = 128
+        c["latency"] = {**c.get("latency", {}), "warmup": 1, "repeats": 5}
     return raw
 
 
