@@ -34,12 +34,13 @@ def repo(tmp_path_factory):
         subprocess.run(cmd, cwd=root, check=True, env=env)
     yield root
     subprocess.run([sys.executable, "-m", "flows._server", "stop"], cwd=root, env=env, capture_output=True)
+    subprocess.run([sys.executable, "-c", "import flows._warm as w; w.stop()"], cwd=root, env=env, capture_output=True)
 
 
 def _env(root: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TRAINFLOW_"))}
     env.update(PATH=f"{BIN}:{env['PATH']}", PREFECT_HOME=str(root / ".prefect"), TRAINFLOW_PREFECT_PORT=str(_free_port()),
-               TRAINFLOW_PREFECT_IDLE_S="120", DVC_NO_ANALYTICS="1")
+               TRAINFLOW_PREFECT_IDLE_S="120", TRAINFLOW_WARM_IDLE="120", DVC_NO_ANALYTICS="1")
     return env
 
 
