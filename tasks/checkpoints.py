@@ -50,11 +50,19 @@ def prepare(root: Path, key: str) -> tuple[Path, Path | None]:
         if other.is_dir() and other.name != key:
             shutil.rmtree(other, ignore_errors=True)
     folder = root / key
-    if (folder / COMPLETE).exists():
-        shutil.rmtree(folder)
-    folder.mkdir(exist_ok=True)
     last = folder / "last.ckpt"
+    if (folder / COMPLETE).exists() or (last.exists() and not _readable(last)):
+        shutil.rmtree(folder)  # finished (train again), or cut off mid-write (nothing to resume)
+    folder.mkdir(exist_ok=True)
     return folder, (last if last.exists() else None)
+
+
+def _readable(path: Path) -> bool:
+    try:
+        load(path)
+        return True
+    except Exception:  # a truncated or damaged file: any unpickling error means "cannot resume"
+        return False
 
 
 def mark_complete(folder: Path) -> None:
