@@ -63,6 +63,8 @@ def main() -> None:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(value)
+    for stage in ("train", "finetune"):  # a study prints its own table: no progress bars or dvclive
+        raw[stage]["trainer"].update(progress_bar=False, logger="none")
     if args.source_epochs:
         raw["train"]["trainer"]["max_epochs"] = args.source_epochs
     Path("/tmp/transfer_gain_params.yaml").write_text(yaml.safe_dump(raw))
@@ -89,7 +91,6 @@ def main() -> None:
     print(f"source model: {time.monotonic() - start:.0f} s, val {source.val_metrics}", flush=True)
 
     pool = load_frame(data / "augmented" / cfg.dataset / "train.parquet")
-    val = load_frame(data / "repaired" / cfg.dataset / "val.parquet")
     test = load_frame(data / "repaired" / cfg.dataset / "test.parquet")
     classes = sorted(pool[params.data.label].unique().tolist())
     spec = ModelSpec(src_spec.backbone, src_spec.in_shape, classes, {})
@@ -104,7 +105,7 @@ def main() -> None:
             t0 = time.monotonic()
             few = few_labels.fn(pool, params.data, per_class, seed)
             train = augment_labels(*arrays(few, params, classes), cfg.augment_copies, params.augment, seed)
-            split = {"train": train, "val": arrays(val, params, classes)}
+            split = {"train": train}  # scored on the test split at the end: no per-epoch validation to pay for
             tuned = fit_classifier.fn(split, spec, cfg.optimizer, cfg.trainer, seed, None, init_state, 0.0,
                                       callbacks=[TransferSchedule(unfreeze_at, lrs, cfg.batchnorm)])
             scratch = fit_classifier.fn(split, spec, cfg.optimizer, cfg.trainer, seed)

@@ -162,3 +162,23 @@ def test_init_from_is_checked_in_params():
     with pytest.raises(ValidationError, match="weights file"):
         FinetuneConfig(init_from="package:resnet50")
     assert FinetuneConfig().optimizer == OptimizerConfig()
+
+
+# ------------------------------------------------------------------------------ packaged models
+@pytest.mark.parametrize("package, in_shape, x", [
+    ("efficientnet-lite0", (1, 28, 28), torch.rand(2, 1, 28, 28)),
+    pytest.param("all-minilm-l6-v2", (16,), torch.tensor([[101, 7592, 2088, 102] + [0] * 12] * 2, dtype=torch.float32),
+                 marks=pytest.mark.slow),  # importing transformers alone takes seconds
+])
+def test_packaged_pretrained_weights_load_offline_into_the_adapter(package, in_shape, x):
+    from tasks.finetune import package_backbone, package_weights
+
+    cfg = FinetuneConfig(init_from=f"package:{package}", image_size=32)
+    spec = ModelSpec(package_backbone(cfg), in_shape, [0, 1, 2], {})
+    network = spec.build()
+    init, report = transfer_state(package_weights(cfg), network, ("head.",))
+    assert report["missing"] == ["head.bias", "head.weight"] and not report["mismatched"]
+    assert all(k.startswith("backbone.net._fc.") for k in report["skipped"])  # ImageNet's classifier, if any
+    network.load_state_dict(init)
+    assert network.eval()(x).shape == (2, 3)
+    assert len(layer_groups(network.backbone)) > 3
