@@ -19,8 +19,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 HOME = Path(os.environ.get("PREFECT_HOME", ".prefect"))
@@ -41,6 +44,25 @@ def healthy(api_url: str, timeout: float = 2.0) -> bool:
 def touch() -> None:
     HOME.mkdir(parents=True, exist_ok=True)
     LAST_USED.touch()
+
+
+@contextmanager
+def in_use(interval_s: float = 30.0) -> Iterator[None]:
+    """Keep the idle clock at zero while a stage runs: a long training must not outlive the server."""
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(interval_s):
+            touch()
+
+    touch()
+    thread = threading.Thread(target=beat, name="prefect-server-keepalive", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        touch()
 
 
 def running_url() -> str | None:

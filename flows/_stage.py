@@ -46,11 +46,8 @@ def run_stage(flow, params_path: str = "params.yaml") -> None:
     from flows import _server
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: _server.ensure_api_url()}):
-            state = flow(params, return_state=True)
-    finally:
-        _server.touch()
+    with _server.in_use(), temporary_settings(updates={PREFECT_API_URL: _server.ensure_api_url()}):
+        state = flow(params, return_state=True)
     if state.is_failed() or state.is_crashed() or state.is_cancelled():
         print(f"error: {flow.name}: {state.message}", file=sys.stderr)
         sys.exit(1)
