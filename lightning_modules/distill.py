@@ -3,7 +3,9 @@
 The student backbone and the teacher network are injected (as in `Classifier`); the student gets
 its own linear head, so its weights carry the same names as any trained model (`backbone.*`,
 `head.*`) and load into `Network` unchanged. Rows with label -1 have no hard label: they learn
-from the teacher alone (Hinton et al., 2015).
+from the teacher alone (Hinton et al., 2015). Training targets are either labels (the teacher runs
+on every batch) or (B, 1 + K) floats: the label, then the teacher's K logits computed once
+beforehand, which saves a teacher forward pass per step when nothing augments the batches.
 """
 
 from __future__ import annotations
@@ -35,13 +37,13 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 
 class Distiller(pl.LightningModule):
-    def __init__(self, student: nn.Module, teacher: nn.Module, num_classes: int, optimizer: dict,
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, num_classes: int, optimizer: dict,
                  temperature: float = 4.0, alpha: float = 0.7, class_weights: list[float] | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["student", "teacher"])
         self.backbone = student
         self.head = nn.Linear(student.out_features, num_classes)
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
 
@@ -50,7 +52,8 @@ class Distiller(pl.LightningModule):
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
-        self.teacher.eval()  # the teacher's BatchNorm statistics and dropout stay fixed
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher's BatchNorm statistics and dropout stay fixed
         return self
 
     def student_state(self) -> dict[str, torch.Tensor]:
@@ -60,8 +63,11 @@ class Distiller(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        with torch.no_grad():
-            teacher_logits = self.teacher(x)
+        if y.dim() == 2:  # (label, teacher logits...) computed beforehand
+            y, teacher_logits = y[:, 0].long(), y[:, 1:]
+        else:
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
         loss = distillation_loss(logits, teacher_logits, y, self.hparams.temperature, self.hparams.alpha, self.class_weights)
         agree = (logits.argmax(dim=1) == teacher_logits.argmax(dim=1)).float().mean()
         self.log_dict({"train/loss": loss, "train/teacher_agreement": agree}, on_step=False, on_epoch=True, batch_size=len(y))

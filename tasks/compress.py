@@ -136,10 +136,13 @@ def distill_candidate(teacher: Network, spec: ModelSpec, cfg: DistillConfig, arr
     student_spec = ModelSpec(backbone_spec(cfg.student), spec.in_shape, spec.classes,
                              {**spec.extra, "distilled_from": spec.backbone})
     student = student_spec.build()
-    module = Distiller(student.backbone, copy.deepcopy(teacher), len(spec.classes), cfg.optimizer.model_dump(),
+    module = Distiller(student.backbone, None, len(spec.classes), cfg.optimizer.model_dump(),
                        cfg.temperature, cfg.alpha, class_weights)
     module.head.load_state_dict(student.head.state_dict())
-    history = lightning_fit(module, arrays, cfg.trainer, seed)
+    x, y = arrays["train"]
+    # The teacher's logits once, beside the labels: no teacher forward pass in every step.
+    targets = np.concatenate([y[:, None].astype(np.float32), torch_logits(teacher, x)], axis=1)
+    history = lightning_fit(module, {**arrays, "train": (x, targets)}, cfg.trainer, seed)
     student.load_state_dict(module.cpu().student_state())
     recipe = {"method": "distill", "distill": cfg.model_dump(mode="json"),
               "train_rows": int(len(arrays["train"][1])), "labelled_rows": int((arrays["train"][1] >= 0).sum())}

@@ -52,7 +52,7 @@ def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_repro_builds_every_stage_and_reports_metrics(repo):
     out = _dvc(repo, "repro").stdout
-    for stage in ("ingest", "validate", "repair", "augment", "train", "finetune", "evaluate"):
+    for stage in ("ingest", "validate", "repair", "augment", "train", "finetune", "evaluate", "compress"):
         assert f"Running stage '{stage}'" in out
     metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
     assert {"accuracy", "macro_f1", "scratch_accuracy"} <= set(metrics)
@@ -74,4 +74,4 @@ def test_changing_finetune_params_reruns_only_finetune_and_evaluate(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _dvc(repo, "repro").stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"finetune", "evaluate"}
+    assert ran == {"finetune", "evaluate", "compress"}  # compress reads models/finetune and finetune's labels

@@ -4,6 +4,7 @@ the budget verdicts, the int8 safetensors round trip and ONNX parity."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -176,3 +177,19 @@ def test_onnx_parity_failure_stops_the_export(tiny, monkeypatch):
     monkeypatch.setattr(export, "onnx_logits", lambda session, x: real(session, x) + 0.5)
     with pytest.raises(UserError, match="ONNX parity failed: max \\|diff\\| 5.00e-01"):
         export.export_onnx(network, None, spec.in_shape, x, y, OnnxConfig(atol=1e-3))
+
+
+def test_distiller_gives_the_same_loss_with_a_live_or_a_precomputed_teacher(tiny):
+    from lightning_modules.distill import Distiller
+
+    network, spec, x, y = tiny
+    student = ModelSpec({"kind": "cnn", "widths": [4], "hidden": 8, "dropout": 0.0}, spec.in_shape, spec.classes, {}).build()
+    labels = torch.as_tensor(np.where(np.arange(16) % 2 == 0, y[:16], -1))
+    batch = torch.as_tensor(x[:16])
+    live = Distiller(student.backbone, network, 3, {"name": "adam", "lr": 0.01, "weight_decay": 0.0}).eval()
+    packed = torch.cat([labels[:, None].float(), torch.as_tensor(export.torch_logits(network, x[:16]))], dim=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        a = live.training_step((batch, labels), 0)
+        b = live.training_step((batch, packed), 0)
+    assert a.item() == pytest.approx(b.item(), abs=1e-6)
