@@ -9,6 +9,8 @@ one line naming the split, column and check.
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -27,7 +29,8 @@ def validate(params: Params) -> dict:
     for name in params.dataset_names():
         frames = {split: load_frame(RAW / name / f"{split}.parquet") for split in SPLITS}
         declared = params.ingest.datasets.get(name)
-        train_labels = frames["train"][data.label].dropna().unique() if data.label in frames["train"] else []
+        labels = frames["train"][data.label] if data.label in frames["train"] else pd.Series([])
+        train_labels = labels[labels.notna() & ~labels.isin([np.inf, -np.inf])].unique()  # inf is no class: quarantined
         # Declared classes are the contract; without a declaration, the classes seen in train are.
         classes = list(declared) if declared else sorted(train_labels.tolist())
         known = None

