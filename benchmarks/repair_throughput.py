@@ -114,9 +114,10 @@ def child(side: str, path: str) -> None:
 
 
 def run(side: str, path: Path) -> dict:
-    # A fixed mmap threshold makes glibc hand every large array back to the OS when it is freed, so
-    # RSS follows live memory on both sides (the default threshold grows and keeps freed arrays).
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    # A fixed mmap threshold makes glibc hand every large array back to the OS when it is freed, and
+    # Arrow's system pool makes text columns go through the same malloc (its own pools keep freed
+    # memory for a while, by timing): RSS then follows live memory, on both sides alike.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "ARROW_DEFAULT_MEMORY_POOL": "system"}
     result = subprocess.run([sys.executable, __file__, "--child", side, str(path)], capture_output=True, text=True, cwd=ROOT, env=env)
     if result.returncode:
         raise SystemExit(f"{side} failed:\n{result.stderr[-3000:]}")

@@ -42,15 +42,17 @@ def rebalance(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig, first_id
     return frame, L.to_frame(parts)
 
 
-def resample(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig, first_id: int | None = None) -> tuple[pd.DataFrame, list[pa.Table]]:
+def resample(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig, first_id: int | None = None,
+             consume: bool = False) -> tuple[pd.DataFrame, list[pa.Table]]:
+    """`consume`: the frame is the caller's own intermediate and may be emptied while resampling."""
     if cfg.imbalance in ("oversample", "undersample"):
-        return _random(train, cfg, data, first_id)
+        return _random(train, cfg, data, first_id, consume)
     if cfg.imbalance in SYNTHETIC:
         return _synthetic(train, cfg, data, first_id)
     return train, []
 
 
-def _random(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig, first_id: int | None) -> tuple[pd.DataFrame, list[pa.Table]]:
+def _random(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig, first_id: int | None, consume: bool = False) -> tuple[pd.DataFrame, list[pa.Table]]:
     rng = np.random.default_rng(cfg.seed)
     groups = train.groupby(data.label, sort=True).indices
     sizes = [len(rows) for rows in groups.values()]
@@ -65,10 +67,14 @@ def _random(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig, first_id: 
     extra = np.sort(np.concatenate([rng.choice(rows, size=target - len(rows), replace=True) for rows in groups.values()]))
     new_ids = _fresh_ids(ids, len(extra), first_id)
     ledger = L.rows("train", new_ids, "imbalance: oversample copy", added_from=ids[extra])
-    # One take of originals + copies: no separate frame of copies, no concat (a million rows: half the memory).
-    out = train.take(np.concatenate([np.arange(len(train)), extra]))
-    out[data.id] = np.concatenate([ids, new_ids])
-    return out.reset_index(drop=True), [ledger]
+    # One take of originals + copies, column by column: no separate frame of copies, no concat. With
+    # `consume`, the caller hands over its own intermediate frame and each column is freed once taken
+    # (a million rows: the peak falls by the size of the frame).
+    order = np.concatenate([np.arange(len(train)), extra])
+    columns = list(train.columns)
+    taken = {c: (train.pop(c) if consume else train[c]).array.take(order) for c in columns}
+    taken[data.id] = np.concatenate([ids, new_ids])
+    return pd.DataFrame(taken, copy=False), [ledger]
 
 
 def _synthetic(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig, first_id: int | None) -> tuple[pd.DataFrame, list[pa.Table]]:

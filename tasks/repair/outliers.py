@@ -62,7 +62,8 @@ class OutlierHandler:
         flags = [f"{c}__outlier" for c, a in self.actions_.items() if a.endswith(":flag")]
         return flags + ([FOREST_FLAG] if self.forest_action_ == "flag" else [])
 
-    def transform(self, frame: pd.DataFrame, id_col: str, split: str) -> tuple[pd.DataFrame, list[pa.Table], dict]:
+    def transform(self, frame: pd.DataFrame, id_col: str, split: str) -> tuple[pd.DataFrame, list[pa.Table], dict, set[str]]:
+        """Returns (frame, ledger parts, counts, the columns whose values are new arrays made here)."""
         parts, counts, ids = [], {}, frame[id_col].to_numpy()
         drop, changes = np.zeros(len(frame), bool), {}
         for column, action in self.actions_.items():  # one column at a time: no (rows x columns) copy
@@ -100,7 +101,8 @@ class OutlierHandler:
                 parts.append(L.rows(split, ids[outlier], "outlier isolation_forest: drop"))
                 drop |= outlier
         frame = frame.assign(**changes) if changes else frame
-        return (frame[~drop] if drop.any() else frame), parts, counts
+        fresh = set(changes) if not drop.any() else set()  # a row filter below copies them again anyway
+        return (frame[~drop] if drop.any() else frame), parts, counts, fresh
 
     def to_json(self) -> dict[str, Any]:
         return {"bounds": self.bounds_, "actions": self.actions_, "forest_columns": self.forest_columns_,

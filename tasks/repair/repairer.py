@@ -58,10 +58,10 @@ class Repairer:
         self.categorical_ = [c for c in self.features_ if c not in self.numeric_]
         frame, parts, findings = filter_rows(train, self.features_, self.cfg, self.data, "train")
         self.outliers_ = OutlierHandler(self.cfg.outliers, self.cfg.seed).fit(frame, self.numeric_)
-        frame, more, findings["outliers"] = self.outliers_.transform(frame, self.data.id, "train")
+        frame, more, findings["outliers"], fresh = self.outliers_.transform(frame, self.data.id, "train")
         parts += more
         self.imputer_ = Imputer(self.cfg.missing, self.cfg.seed, self.spec).fit(frame, self.numeric_, self.categorical_)
-        frame, more, findings["imputed"] = self.imputer_.transform(frame, self.data.id, "train")
+        frame, more, findings["imputed"] = self.imputer_.transform(frame, self.data.id, "train", fresh)
         parts += more
         self.encoder_ = Encoder(self.cfg.encode, self.cfg.scale).fit(frame, self.categorical_, self.numeric_)
         self.class_weights_ = class_weights(frame[self.data.label])
@@ -76,9 +76,9 @@ class Repairer:
         if missing:
             raise UserError(f"{split}: column '{missing[0]}' was in train when the repairer was fitted but is missing here")
         frame, parts, findings = filter_rows(frame, self.features_, self.cfg, self.data, split)
-        frame, more, findings["outliers"] = self.outliers_.transform(frame, self.data.id, split)
+        frame, more, findings["outliers"], fresh = self.outliers_.transform(frame, self.data.id, split)
         parts += more
-        frame, more, findings["imputed"] = self.imputer_.transform(frame, self.data.id, split)
+        frame, more, findings["imputed"] = self.imputer_.transform(frame, self.data.id, split, fresh)
         parts += more
         return (self.encode(frame) if encode else frame).reset_index(drop=True), L.to_frame(parts), findings
 
@@ -189,7 +189,7 @@ def repair_train(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig, spec:
 
     repairer = Repairer(cfg, data, spec)
     frame, parts, findings = repairer._fit_transform(train, encode=False)
-    frame, added = resample(frame, cfg, data, first_id)
+    frame, added = resample(frame, cfg, data, first_id, consume=frame is not train)
     return repairer, repairer.encode(frame), L.to_frame(parts + added), findings
 
 

@@ -41,8 +41,10 @@ def test_leakage_transforming_test_never_changes_the_repairer_and_uses_train_sta
     repairer = Repairer(cfg, DATA).fit(train)
     before = _state(repairer)
     model_before = getattr(repairer.imputer_, "reference_", None)
+    test_before = test.copy(deep=True)
     repaired_test, ledger = repairer.transform(test, "test")
     assert _state(repairer) == before
+    pd.testing.assert_frame_equal(test, test_before)  # the input is never modified (values are filled in copies)
     if model_before is not None:  # KNN keeps train's rows only
         assert len(repairer.imputer_.reference_) == len(train) and np.array_equal(model_before, repairer.imputer_.reference_, equal_nan=True)
     # The test split sits around 10: anything learned from it would show; train's statistics sit around 0.
