@@ -177,11 +177,13 @@ def test_ddp_on_two_cpu_processes_evaluates_like_one_process(tmp_path):
     x, y = load_digits(return_X_y=True)
     test_x = torch.as_tensor((x[-300:] / 16.0).astype(np.float32).reshape(-1, 1, 8, 8))
     accuracy = {}
-    for name, trainer in {"one": _trainer(max_epochs=4), "ddp": _trainer(max_epochs=4, devices=2, strategy="ddp")}.items():
-        result = fit_classifier.fn(arrays, _spec(), OptimizerConfig(lr=0.005), trainer, seed=0, checkpoint_dir=tmp_path / name)
+    # Two ranks of 16 make the same global batch (32) and number of steps as one process of 32.
+    runs = {"one": _trainer(max_epochs=8), "ddp": _trainer(max_epochs=8, devices=2, strategy="ddp", batch_size=16)}
+    for name, trainer in runs.items():
+        result = fit_classifier.fn(arrays, _spec(), OptimizerConfig(lr=0.01), trainer, seed=0, checkpoint_dir=tmp_path / name)
         save_model(result.state, _spec(), tmp_path / name / "model")
         network, _ = load_model(tmp_path / name / "model")
         with torch.inference_mode():
             accuracy[name] = float((network(test_x).argmax(1).numpy() == y[-300:]).mean())
-        assert len(result.history) == 4
-    assert accuracy["one"] > 0.85 and abs(accuracy["ddp"] - accuracy["one"]) < 0.06, accuracy
+        assert len(result.history) == 8
+    assert accuracy["one"] > 0.9 and abs(accuracy["ddp"] - accuracy["one"]) < 0.05, accuracy
