@@ -104,6 +104,8 @@ def main() -> None:
     onnx_fp32 = onnx_bytes(network, spec.in_shape)
     onnx_int8 = quantize_onnx(onnx_fp32)
     dynamic = quantize_like(network, {"kind": "dynamic"})
+    # Calibrated on the timed rows themselves (a saved model brings only its test split): the
+    # accuracies here are indicative; the compress stage calibrates on train rows.
     static = quantize_like(network, {"kind": "static", "engine": "x86"}, x[:512])
     fp32_session, int8_session = onnx_session(onnx_fp32, args.threads), onnx_session(onnx_int8, args.threads)
 
