@@ -56,6 +56,9 @@ def finetune(params: Params) -> dict:
                      {"trained_on": cfg.dataset, "init_from": cfg.init_from, "strategy": cfg.strategy,
                       "data": params.data.model_dump(mode="json")})
     if source is not None:
+        import torch
+
+        torch.manual_seed(cfg.seed)  # the new head's initial weights: seeded, or they follow the process's RNG state
         network = spec.build()
         init_state, transfer = transfer_state(source, network, new_head)
         check_transfer(transfer, cfg.init_from)
