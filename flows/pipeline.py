@@ -1,0 +1,269 @@
+"""The pipeline flow: the DAG that dvc.yaml declares, one Prefect task per stage, DVC deciding
+what is stale.
+
+Reads the stages and their order through DVC's own API (the collect + plan that `dvc repro`
+uses), so nothing here restates dvc.yaml. For each stage in dependency order it asks DVC whether
+the stage is stale (`Repo.status`): an up-to-date stage ends as a Completed state named "Skipped"
+with the reason; a stale one runs `dvc repro --single-item <stage>` in its own process group, its
+output streamed line by line into this Prefect run, with the API URL passed down so the stage's
+own flow run (and its artifacts) land on the same server. Cancelling the run (UI, CLI, or a
+worker's SIGTERM) stops the stage's whole process group; outputs are written atomically and
+dvc.lock changes only when a stage finishes, so the next run picks up where this one stopped.
+
+Params overrides (`-S train.optimizer.lr=0.01`) are applied as `dvc exp run -S` applies them
+(DVC's Hydra override grammar; params.yaml keeps its comments), but only after the result has
+parsed through tasks/config.py: a bad override fails the run before any stage starts and leaves
+params.yaml as it was. Like `dvc exp run`, a good override stays in the workspace's params.yaml.
+
+    python -m flows.pipeline [TARGET ...] [--force] [-S KEY=VALUE ...]
+
+Writes params.yaml (overrides only), the stages' outputs (through DVC), a `pipeline-summary` artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, Completed, Failed
+
+from flows._stage import fails_cleanly
+from flows._warm import CHILD_ENV
+from tasks.config import parse_params
+from tasks.errors import UserError
+
+PARAMS = Path("params.yaml")
+STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL for whatever of a stage's process group is left
+POLL_S = 2.0  # how often a running stage asks the server whether its flow run was cancelled
+CONSOLE_PREFIX = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| \w+ +\| ")  # the stage's own Prefect console format
+
+
+# ------------------------------------------------------------------------------ what DVC says
+def apply_overrides(overrides: list[str], path: Path = PARAMS) -> None:
+    """KEY=VALUE overrides into params.yaml as `dvc exp run -S` does, if the result parses."""
+    if not overrides:
+        return
+    from dvc.exceptions import InvalidArgumentError
+    from dvc.utils.hydra import apply_overrides as dvc_apply_overrides
+
+    trial = path.with_name(f".{path.stem}.overrides{path.suffix}")  # DVC picks its editor by suffix
+    shown = f"{path} with -S {' -S '.join(overrides)}"
+    try:
+        shutil.copyfile(path, trial)
+        try:
+            dvc_apply_overrides(trial, list(overrides))
+        except InvalidArgumentError as e:
+            raise UserError(f"{shown}: {' '.join(str(e.__cause__ or e).split())}") from None
+        parse_params(yaml.safe_load(trial.read_text(encoding="utf-8")) or {}, source=shown)
+        os.replace(trial, path)
+    finally:
+        trial.unlink(missing_ok=True)
+
+
+def plan(targets: list[str] | None = None) -> list[str]:
+    """The stages `dvc repro TARGETS` would visit, upstream first (default: this folder's dvc.yaml)."""
+    from dvc.dvcfile import PROJECT_FILE
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
+
+    try:
+        with Repo(".") as repo:
+            stages = collect_stages(repo, targets or [PROJECT_FILE])
+            return [stage.addressing for stage in plan_repro(get_active_graph(repo.index.graph), stages)]
+    except DvcException as e:
+        raise UserError(f"dvc.yaml: targets {targets or [PROJECT_FILE]}: {' '.join(str(e).split())}") from None
+
+
+def _describe(change) -> str:
+    if isinstance(change, dict):
+        return ", ".join(f"{k}: {_describe(v)}" if isinstance(v, dict) else f"{k} {v}" for k, v in change.items())
+    return str(change)
+
+
+def staleness(stage: str) -> str | None:
+    """Why DVC would rerun `stage` (e.g. "changed deps: params.yaml: train.seed modified"), or None."""
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        status = repo.status(targets=[stage])
+    changes = [entry for entries in status.values() for entry in entries]
+    if not changes:
+        return None
+    reason = "; ".join(_describe(c) if isinstance(c, dict) else str(c) for c in changes)
+    return reason if len(reason) <= 400 else reason[:397] + "..."
+
+
+# --------------------------------------------------------------------------- running a stage
+def stage_env() -> dict[str, str]:
+    """This process's environment plus what a stage needs to report to the same server."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if settings.api.url:
+        env["PREFECT_API_URL"] = settings.api.url
+    if settings.api.auth_string:
+        env["PREFECT_API_AUTH_STRING"] = settings.api.auth_string.get_secret_value()
+    # When this flow itself runs in a warm fork (flows/_warm.py), that fork's mark would make every
+    # stage start cold; a stage is a separate `python -m flows.<stage>` that may be warm again.
+    env.pop(CHILD_ENV, None)
+    return env
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def stop_group(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM the stage's process group (dvc, the stage, Lightning's workers); SIGKILL the rest."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        if not _group_alive(process.pid):
+            break
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and _group_alive(process.pid):
+            process.poll()  # reap dvc itself, the group's leader
+            time.sleep(0.1)
+    process.poll()
+
+
+def _cancel_requested(client, flow_run_id) -> bool:
+    try:
+        state = client.read_flow_run(flow_run_id).state
+    except Exception:  # a server hiccup is no reason to stop a stage
+        return False
+    return state is not None and (state.is_cancelling() or state.is_cancelled())
+
+
+@task(cache_policy=NO_CACHE)  # no retries: a stage that fails fails the same way again
+def run_dvc_stage(stage: str, force: bool = False):
+    """One DVC stage: Skipped when DVC says it is up to date, else `dvc repro -s`, logs streamed."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    logger = get_run_logger()
+    start = time.monotonic()
+    reason = "forced (--force)" if force else staleness(stage)
+    if reason is None:
+        message = "up to date: its deps, params and outs match dvc.lock"
+        logger.info(f"{stage}: {message}")
+        return Completed(name="Skipped", message=message, data={"stage": stage, "outcome": "skipped", "reason": message})
+
+    logger.info(f"{stage}: running, {reason}")
+    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", *(["--force"] if force else []), stage]
+    # A process group of its own: cancelling stops dvc, the stage and every worker it started.
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               env=stage_env(), start_new_session=True, text=True, errors="replace")
+    tail: list[str] = []
+
+    def stream() -> None:
+        for line in process.stdout:
+            if line := CONSOLE_PREFIX.sub("", line.rstrip()):
+                logger.info(line)
+                tail[:] = [*tail[-19:], line]
+
+    # The thread runs in this context: Prefect's settings (the API URL) live in context variables.
+    reader = threading.Thread(target=contextvars.copy_context().run, args=(stream,), daemon=True)
+    reader.start()
+    context = FlowRunContext.get()
+    flow_run_id = context.flow_run.id if context and context.flow_run else None
+    cancelled = False
+    try:
+        with get_client(sync_client=True) as client:
+            while process.poll() is None:
+                try:
+                    process.wait(timeout=POLL_S)
+                except subprocess.TimeoutExpired:
+                    if flow_run_id and _cancel_requested(client, flow_run_id):
+                        cancelled = True
+                        logger.warning(f"{stage}: the flow run was cancelled; stopping the stage's processes")
+                        break
+    finally:  # also on the SIGTERM a worker sends when the run is cancelled (Prefect raises it here)
+        stop_group(process)
+        reader.join(timeout=5)
+    seconds = round(time.monotonic() - start, 2)
+    result = {"stage": stage, "reason": reason, "seconds": seconds}
+    if cancelled:
+        return Cancelled(message=f"{stage}: cancelled; no output of it was recorded in dvc.lock",
+                         data=result | {"outcome": "cancelled"})
+    if process.returncode != 0:
+        errors = [line for line in tail if line.startswith(("error:", "ERROR"))] or tail[-1:]
+        return Failed(message=f"{stage}: exit {process.returncode}: {errors[0] if errors else 'no output'}",
+                      data=result | {"outcome": "failed"})
+    restored = any("is cached - skipping run" in line for line in tail)
+    outcome = "restored" if restored else "ran"
+    return Completed(name="Restored" if restored else "Completed", message=f"{stage}: {outcome} ({reason})",
+                     data=result | {"outcome": outcome})
+
+
+# ------------------------------------------------------------------------------- the flow
+@flow(name="pipeline", log_prints=True)
+@fails_cleanly
+def pipeline(targets: list[str] | None = None, force: bool = False, overrides: list[str] | None = None):
+    """Run the stages of dvc.yaml (or of `targets` and what they depend on) in DVC's order."""
+    apply_overrides(list(overrides or []))
+    stages = plan(targets)
+    print(f"stages, upstream first: {', '.join(stages)}")
+    results = []
+    for stage in stages:
+        state = run_dvc_stage.with_options(name=stage, task_run_name=stage)(stage, force, return_state=True)
+        results.append(state.result() if state.is_completed() else
+                       {"stage": stage, "outcome": state.name.lower(), "reason": state.message})
+        if not state.is_completed():
+            break
+    create_table_artifact([{k: r.get(k, "") for k in ("stage", "outcome", "reason", "seconds")} for r in results],
+                          key="pipeline-summary", description="The pipeline's stages: ran, skipped (and why) or failed")
+    if state.is_cancelled():
+        return Cancelled(message=state.message)
+    if not state.is_completed():
+        return Failed(message=state.message)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("targets", nargs="*", help="stages or dvc.yaml files (default: ./dvc.yaml)")
+    parser.add_argument("-f", "--force", action="store_true", help="rerun every stage, stale or not")
+    parser.add_argument("-S", "--set-param", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a param as `dvc exp run -S` does (repeatable)")
+    args = parser.parse_args(argv)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import _server
+
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: _server.ensure_api_url()}):
+            state = pipeline(args.targets or None, args.force, args.overrides, return_state=True)
+    finally:
+        _server.touch()
+    if not state.is_completed():
+        print(f"error: pipeline: {state.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
