@@ -48,3 +48,21 @@ bench: $(STAMP)
 
 clean:
 	rm -rf data models reports checkpoints .prefect dvc_plots
+
+# ---- Deployments (prefect.yaml): `make ui` in one terminal, then `make deploy` and `make worker`.
+.PHONY: deploy worker
+POOL ?= trainflow
+DVC_REMOTE ?= $(CURDIR)/.cache/dvc-remote
+# The server `make ui` runs (found through .prefect/server.json), unless PREFECT_API_URL names another.
+API_URL = $${PREFECT_API_URL:-$$($(BIN)/python -c 'from flows import _server; print(_server.running_url() or "")')}
+NEED_API = api=$(API_URL); test -n "$$api" || { echo "No Prefect server: run 'make ui' first (or set PREFECT_API_URL)." >&2; exit 1; }; export PREFECT_API_URL=$$api
+
+deploy: $(STAMP)
+	@set -e; $(NEED_API); \
+	$(BIN)/dvc remote default >/dev/null 2>&1 || { $(BIN)/dvc remote add --local -d local "$(DVC_REMOTE)" && echo "DVC remote 'local' (default, .dvc/config.local): $(DVC_REMOTE)"; }; \
+	$(BIN)/prefect work-pool inspect $(POOL) >/dev/null 2>&1 || $(BIN)/prefect work-pool create $(POOL) --type process; \
+	$(BIN)/prefect work-pool set-concurrency-limit $(POOL) 1; \
+	$(BIN)/prefect --no-prompt deploy --all
+
+worker: $(STAMP)
+	@$(NEED_API); exec $(BIN)/prefect worker start --pool $(POOL)
