@@ -53,7 +53,7 @@ class TensorPairs(Dataset):
 
 def target_tensor(y: np.ndarray) -> torch.Tensor:
     """Class indices stay integers; regression targets are floats."""
-    return torch.as_tensor(y, dtype=torch.float32 if np.issubdtype(np.asarray(y).dtype, np.floating) else torch.long)
+    return torch.tensor(y, dtype=torch.float32 if np.issubdtype(np.asarray(y).dtype, np.floating) else torch.long)
 
 
 class ArrayDataModule(pl.LightningDataModule):
@@ -68,7 +68,7 @@ class ArrayDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         x, y = self.arrays[split]
-        dataset = TensorPairs(torch.as_tensor(x, dtype=torch.float32), target_tensor(y))
+        dataset = TensorPairs(torch.tensor(x, dtype=torch.float32), target_tensor(y))  # a copy: frames' arrays are read-only
         # batch_size=None: the sampler already yields whole batches of indices. The loader's own
         # generator: otherwise each new iterator draws from the global one, and a resumed run (whose
         # first iterator starts at another moment) would see other dropout masks.
