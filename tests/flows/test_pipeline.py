@@ -30,7 +30,9 @@ def repo(tmp_path_factory) -> Path:
     shutil.rmtree(root / ".dvc" / "tmp", ignore_errors=True)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=root, check=True)
-    return root
+    yield root
+    # The copy's warm stage runner (flows/_warm.py) would otherwise idle on for 10 minutes.
+    subprocess.run([sys.executable, "-c", "import flows._warm as w; w.stop()"], cwd=root, capture_output=True, timeout=60)
 
 
 @pytest.fixture
