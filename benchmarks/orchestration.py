@@ -1,12 +1,12 @@
 """Orchestration overhead: the pipeline through `dvc repro` against the same stage flows called
 one after another in a single process, in the same run, on the same data.
 
-overhead_per_stage_s = (dvc repro wall time - single-process wall time) / stages. It is what the
-DAG costs over plain function calls: a Python process per stage (interpreter start, imports),
-DVC's staleness checks and hashing, and connecting to the Prefect server. Both sides use the same
-already-running project Prefect server and, for `dvc repro`, the warm stage runner (flows/_warm.py);
-their one-off starts (once per run, or once per idle period) are reported on their own, and the
-same `dvc repro` with every stage in a fresh process (TRAINFLOW_WARM=0) is measured too.
+overhead_per_stage_s = (dvc repro wall time + the warm runner's one-off start - single-process wall
+time) / stages: what the DAG costs over plain function calls (a process per stage, DVC's staleness
+checks and hashing, connecting to the Prefect server). The single process pays the imports once;
+`dvc repro` pays them once in the warm stage runner's start (flows/_warm.py), which is counted.
+Both sides use the same already-running project Prefect server (its start is reported on its own).
+The same `dvc repro` with every stage in a fresh process (TRAINFLOW_WARM=0) is measured too.
 
     python benchmarks/orchestration.py            # the default pipeline (params.yaml)
     python benchmarks/orchestration.py --quick    # the 8x8 digits and 1-epoch budgets of the tests
@@ -113,7 +113,10 @@ def main() -> None:
     result = {
         "benchmark": "orchestration", "params": "quick" if args.quick else "default", "stages": len(STAGES),
         "dvc_repro_s": round(repro_s, 2), "single_process_s": round(direct_s, 2),
-        "overhead_per_stage_s": round((repro_s - direct_s) / len(STAGES), 2),
+        # The single process pays the imports once; a first `dvc repro` pays them once too, in the
+        # warm runner's start, so that start counts here. Later runs in its idle window skip it.
+        "overhead_per_stage_s": round((repro_s + warm_start_s - direct_s) / len(STAGES), 2),
+        "overhead_per_stage_runner_already_warm_s": round((repro_s - direct_s) / len(STAGES), 2),
         "dvc_repro_cold_s": round(cold_s, 2), "overhead_per_stage_cold_s": round((cold_s - direct_s) / len(STAGES), 2),
         "noop_repro_s": round(noop_s, 2), "server_start_once_s": round(server_start_s, 2),
         "warm_runner_start_once_s": round(warm_start_s, 2),
