@@ -43,11 +43,18 @@ def run_stage(flow, params_path: str = "params.yaml") -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    sys.exit(run_flow(flow, params))
+
+
+def run_flow(flow, *args, **kwargs) -> int:
+    """Run `flow` against this project's Prefect server (kept alive while it runs); 0 when it
+    completes, else its message on one line and 1. Every `python -m flows.*` entry point ends here."""
     from flows import _server
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with _server.in_use(), temporary_settings(updates={PREFECT_API_URL: _server.ensure_api_url()}):
-        state = flow(params, return_state=True)
-    if state.is_failed() or state.is_crashed() or state.is_cancelled():
+        state = flow(*args, return_state=True, **kwargs)
+    if not state.is_completed():
         print(f"error: {flow.name}: {state.message}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+    return 0

@@ -250,19 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-S", "--set-param", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a param as `dvc exp run -S` does (repeatable)")
     args = parser.parse_args(argv)
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from flows._stage import run_flow
 
-    from flows import _server
-
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: _server.ensure_api_url()}):
-            state = pipeline(args.targets or None, args.force, args.overrides, return_state=True)
-    finally:
-        _server.touch()
-    if not state.is_completed():
-        print(f"error: pipeline: {state.message}", file=sys.stderr)
-        return 1
-    return 0
+    return run_flow(pipeline, args.targets or None, args.force, args.overrides)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -114,19 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-f", "--force", action="store_true", help="rerun every stage")
     parser.add_argument("-S", "--set-param", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from flows._stage import run_flow
 
-    from flows import _server
-
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: _server.ensure_api_url()}):
-            state = retrain(args.remote, args.force, args.overrides, return_state=True)
-    finally:
-        _server.touch()
-    if not state.is_completed():
-        print(f"error: retrain: {state.message}", file=sys.stderr)
-        return 1
-    return 0
+    return run_flow(retrain, args.remote, args.force, args.overrides)
 
 
 if __name__ == "__main__":

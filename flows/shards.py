@@ -62,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--address", help="a running Dask scheduler (default: a local cluster of 2 workers)")
     args = parser.parse_args(argv)
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from flows import _server
+    from flows._stage import run_flow
 
     runner = DaskTaskRunner(address=args.address) if args.address else None
     shards_flow = validate_shards.with_options(task_runner=runner) if runner else validate_shards
@@ -73,12 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    with temporary_settings(updates={PREFECT_API_URL: _server.ensure_api_url()}):
-        state = shards_flow(params, args.path, args.shards, return_state=True)
-    if not state.is_completed():
-        print(f"error: validate-shards: {state.message}", file=sys.stderr)
-        return 1
-    return 0
+    return run_flow(shards_flow, params, args.path, args.shards)
 
 
 if __name__ == "__main__":
