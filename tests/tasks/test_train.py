@@ -173,9 +173,12 @@ def test_new_backbones_round_trip_through_safetensors_and_json(tmp_path, kind):
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_evaluates_like_one_process(tmp_path):
-    arrays = _digits(1200)
     x, y = load_digits(return_X_y=True)
-    test_x = torch.as_tensor((x[-300:] / 16.0).astype(np.float32).reshape(-1, 1, 8, 8))
+    x = (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    order = np.random.default_rng(0).permutation(len(x))
+    train, val, test = order[:1200], order[1200:1400], order[1400:]  # 397 test images neither run has seen
+    arrays = {"train": (x[train], y[train]), "val": (x[val], y[val])}
+    test_x = torch.as_tensor(x[test])
     accuracy = {}
     # Two ranks of 16 make the same global batch (32) and number of steps as one process of 32.
     runs = {"one": _trainer(max_epochs=8), "ddp": _trainer(max_epochs=8, devices=2, strategy="ddp", batch_size=16)}
@@ -184,6 +187,6 @@ def test_ddp_on_two_cpu_processes_evaluates_like_one_process(tmp_path):
         save_model(result.state, _spec(), tmp_path / name / "model")
         network, _ = load_model(tmp_path / name / "model")
         with torch.inference_mode():
-            accuracy[name] = float((network(test_x).argmax(1).numpy() == y[-300:]).mean())
+            accuracy[name] = float((network(test_x).argmax(1).numpy() == y[test]).mean())
         assert len(result.history) == 8
-    assert accuracy["one"] > 0.9 and abs(accuracy["ddp"] - accuracy["one"]) < 0.05, accuracy
+    assert accuracy["one"] > 0.8 and abs(accuracy["ddp"] - accuracy["one"]) < 0.05, accuracy
