@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,13 @@ def project(tmp_path, monkeypatch) -> Path:
     """A working directory where stages write data/, models/ and reports/."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 nothing listens on now (for servers a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def copy_repo(dest: Path) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,22 +18,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_repo, shrunk_params_dict
+from tests.conftest import copy_repo, free_port, shrunk_params_dict
 
 pytestmark = pytest.mark.slow  # a server, a worker and a cron minute: about 3 minutes on 2 cores
 VENV = Path(sys.executable).parent.parent
 AUTH = "trainflow:s3cret"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(home: Path, env: dict, auth: str | None = None) -> tuple[subprocess.Popen, str]:
     """`prefect server start` on 127.0.0.1 and a free port, its database under `home`."""
-    port = _free_port()
+    port = free_port()
     server_env = dict(env, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                       PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5", PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api")
     if auth:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,15 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_repo, shrunk_params_dict
+from tests.conftest import copy_repo, free_port, shrunk_params_dict
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _params() -> dict:
@@ -43,7 +36,7 @@ def _run_from_scratch(root: Path) -> dict[str, str]:
     (root / "params.yaml").write_text(yaml.safe_dump(_params(), sort_keys=False))
     (root / "dvc.lock").unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TRAINFLOW_"))}
-    env.update(PATH=f"{BIN}:{env['PATH']}", PREFECT_HOME=str(root / ".prefect"), TRAINFLOW_PREFECT_PORT=str(_free_port()),
+    env.update(PATH=f"{BIN}:{env['PATH']}", PREFECT_HOME=str(root / ".prefect"), TRAINFLOW_PREFECT_PORT=str(free_port()),
                TRAINFLOW_PREFECT_IDLE_S="60", TRAINFLOW_WARM_IDLE="60", DVC_NO_ANALYTICS="1")
     try:
         for cmd in (["git", "init", "-q"], ["git", "add", "-A"],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_repo, shrunk_params_dict
+from tests.conftest import copy_repo, free_port, shrunk_params_dict
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +32,7 @@ def repo(tmp_path_factory):
 
 def _env(root: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TRAINFLOW_"))}
-    env.update(PATH=f"{BIN}:{env['PATH']}", PREFECT_HOME=str(root / ".prefect"), TRAINFLOW_PREFECT_PORT=str(_free_port()),
+    env.update(PATH=f"{BIN}:{env['PATH']}", PREFECT_HOME=str(root / ".prefect"), TRAINFLOW_PREFECT_PORT=str(free_port()),
                TRAINFLOW_PREFECT_IDLE_S="120", TRAINFLOW_WARM_IDLE="120", DVC_NO_ANALYTICS="1")
     return env
 

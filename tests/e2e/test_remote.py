@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from flows.retrain import retrain
+from tests.conftest import free_port
 from tests.e2e.test_deployment import make_repo, stop_warm
 
 pytestmark = pytest.mark.slow  # one whole pipeline and a moto server: about 4 minutes on 2 cores
@@ -27,15 +27,9 @@ KEYS = {"access_key_id": "testing", "secret_access_key": "testing"}
 OPEN_GATE = ["evaluate.gate.min.accuracy=0", "evaluate.gate.min.macro_f1=0", "evaluate.gate.max.ece=1", "evaluate.gate.vs_champion=[]"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    port = _free_port()
+    port = free_port()
     moto = shutil.which("moto_server", path=str(Path(sys.executable).parent))
     server = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
