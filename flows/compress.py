@@ -63,16 +63,17 @@ def compress(params: Params) -> dict:
 
     candidates, failed = [original(teacher, spec)], {}
     if cfg.quantize.dynamic:
-        candidates.append(quantize_dynamic_int8(teacher, spec))
+        candidates.append(quantize_dynamic_int8(teacher, spec, cfg.quantize.conv_weights))
     if cfg.quantize.static:
         try:
             candidates.append(quantize_static_int8(teacher, spec, pool_x[:cfg.quantize.calibration_rows], cfg.quantize.engine))
         except (NotImplementedError, RuntimeError) as e:  # an op or engine this torch cannot quantize
             failed["static_int8"] = f"static quantization failed: {str(e).splitlines()[0]}"
     if cfg.prune:
-        # The pruning fine-tune sees the labelled rows the fine-tuned model saw (finetune's few labels).
+        # The pruning fine-tune sees every pool image (the unpruned model's outputs) and the labels the
+        # fine-tuned model saw (finetune's few labels).
         few = pool[params.data.id].isin(labelled_ids(params, pool, "few")).to_numpy()
-        arrays = {"train": (pool_x[few], pool_y[few]), "val": val_arrays}
+        arrays = {"train": (pool_x, np.where(few, pool_y, UNLABELLED)), "val": val_arrays}
         for entry in cfg.prune:
             candidates.append(prune_candidate(teacher, spec, entry, arrays, cfg.prune_optimizer, cfg.prune_trainer, cfg.seed))
     if cfg.distill:

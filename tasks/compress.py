@@ -1,7 +1,7 @@
 """Compress: cheaper versions of a trained model, each measured and judged against declared budgets.
 
 Pure: a network, arrays and typed config in; candidates and their measurements out. Methods:
-dynamic int8 (torch.ao, Linear/LSTM), static int8 (torch.ao FX: conv-bn-relu fused, activations
+dynamic int8 (torch.ao, Linear/LSTM; conv weights int8 weight-only), static int8 (torch.ao FX: conv-bn-relu fused, activations
 calibrated), L1 magnitude pruning (global or per layer, weights or whole channels; masked fine-tune,
 then the zeros made permanent) and knowledge distillation into a smaller declared backbone.
 Training goes through Lightning (the `Classifier` and `Distiller` modules). flows/compress.py reads
@@ -27,7 +27,7 @@ from lightning_modules.backbones import Network
 from lightning_modules.callbacks import EpochHistory
 from lightning_modules.classifier import Classifier
 from lightning_modules.datamodule import ArrayDataModule
-from lightning_modules.distill import Distiller
+from lightning_modules.distill import UNLABELLED, Distiller
 from tasks.config import BudgetConfig, DistillConfig, LatencyConfig, OptimizerConfig, PruneConfig, TrainerConfig
 from tasks.export import encode_state, int8_kernels_allowed, quantize_like, torch_logits
 from tasks.model_io import ModelSpec
@@ -62,10 +62,12 @@ def original(network: Network, spec: ModelSpec) -> Candidate:
 
 # ---------------------------------------------------------------------------------- quantization
 @task
-def quantize_dynamic_int8(network: Network, spec: ModelSpec) -> Candidate:
-    """Linear (and LSTM) weights stored int8, activations quantized per batch at run time. Convs
-    stay fp32: torch.ao has no dynamic conv in its default mapping."""
-    recipe = {"method": "dynamic_int8", "quantization": {"kind": "dynamic", "layers": ["Linear", "LSTM"], "dtype": "qint8"}}
+def quantize_dynamic_int8(network: Network, spec: ModelSpec, conv_weights: str = "int8") -> Candidate:
+    """Linear (and LSTM) weights stored int8, activations quantized per batch at run time (torch.ao).
+    Conv weights int8 per output channel too (`conv_weights="int8"`), computed in fp32 after
+    dequantizing (tasks/export.Int8WeightConv2d), or kept fp32."""
+    recipe = {"method": "dynamic_int8", "quantization": {"kind": "dynamic", "layers": ["Linear", "LSTM"], "dtype": "qint8",
+                                                         "conv_weights": conv_weights}}
     return Candidate("dynamic_int8", quantize_like(network, recipe["quantization"]), network, spec, recipe)
 
 
@@ -110,14 +112,24 @@ def sparsity(module: nn.Module, structure: str = "unstructured") -> float:
 @task
 def prune_candidate(network: Network, spec: ModelSpec, cfg: PruneConfig, arrays: dict, optimizer: OptimizerConfig,
                     trainer_cfg: TrainerConfig, seed: int) -> Candidate:
+    """Masks, then a fine-tune that keeps the zeros at zero. `recover: distill` fits the pruned
+    network to the dense one's logits on every `arrays["train"]` row (label -1: unlabelled), plus
+    cross-entropy where a label is known; `recover: labels` trains on the labelled rows alone."""
     pl.seed_everything(seed, verbose=False)
     tuned = copy.deepcopy(network)
-    module = Classifier(tuned.backbone, len(spec.classes), optimizer.model_dump())
+    x, y = arrays["train"]
+    if cfg.recover == "distill":
+        module = Distiller(tuned.backbone, None, len(spec.classes), optimizer.model_dump(), cfg.temperature, cfg.alpha)
+        train = (x, np.concatenate([y[:, None].astype(np.float32), torch_logits(network, x)], axis=1))
+    else:
+        module = Classifier(tuned.backbone, len(spec.classes), optimizer.model_dump())
+        train = (x[y != UNLABELLED], y[y != UNLABELLED])
     module.head.load_state_dict(tuned.head.state_dict())
     layers = apply_pruning(module, cfg)
     history = []
     if cfg.finetune_epochs:
-        history = lightning_fit(module, arrays, trainer_cfg.model_copy(update={"max_epochs": cfg.finetune_epochs}), seed)
+        history = lightning_fit(module, {**arrays, "train": train},
+                                trainer_cfg.model_copy(update={"max_epochs": cfg.finetune_epochs}), seed)
     for layer, name in layers:
         prune.remove(layer, name)  # weight_orig * mask becomes the plain weight: the zeros are permanent
     pruned = spec.build()

@@ -389,6 +389,7 @@ class EvaluateConfig(Strict):
 # ------------------------------------------------------------------------------------ compress
 class QuantizeConfig(Strict):
     dynamic: bool = True  # torch.ao dynamic int8: Linear/LSTM weights int8, activations quantized on the fly
+    conv_weights: Literal["int8", "fp32"] = "int8"  # dynamic: conv weights int8 per channel (weight-only) or fp32
     static: bool = True  # torch.ao FX static int8: conv-bn-relu fused, activations calibrated
     engine: Literal["x86", "fbgemm", "qnnpack", "onednn"] = "x86"
     calibration_rows: int = Field(512, ge=1)  # train-pool rows that set the activation ranges
@@ -398,7 +399,12 @@ class PruneConfig(Strict):
     amount: Annotated[float, Field(gt=0, lt=1)] = 0.5  # fraction of weights (or channels) set to zero
     scope: Literal["global", "layer"] = "global"  # one L1 threshold for all layers, or per layer
     structure: Literal["unstructured", "channels"] = "unstructured"  # channels: L1 of whole conv/linear output rows
-    finetune_epochs: int = Field(3, ge=0)  # masked fine-tune on the stage's labelled rows (0: none)
+    finetune_epochs: int = Field(3, ge=0)  # masked fine-tune after pruning (0: none)
+    # distill: match the unpruned model's softened logits on every train-pool image (+ the labelled
+    # rows' labels); labels: the labelled rows alone (few of them in the few-label demo)
+    recover: Literal["distill", "labels"] = "distill"
+    temperature: PositiveFloat = 2.0
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.9  # weight of the unpruned model's soft targets
 
     @model_validator(mode="after")
     def _channels_per_layer(self) -> PruneConfig:

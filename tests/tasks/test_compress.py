@@ -46,14 +46,26 @@ def test_quantized_models_are_smaller_and_close(tiny):
     base = original(network, spec)
     dynamic = quantize_dynamic_int8.fn(network, spec)
     static = quantize_static_int8.fn(network, spec, x, "x86")
-    assert _saved_bytes(dynamic) < _saved_bytes(base)
-    assert _saved_bytes(static) < _saved_bytes(dynamic)  # the convs are int8 too
+    linear_only = quantize_dynamic_int8.fn(network, spec, conv_weights="fp32")
+    assert _saved_bytes(dynamic) < _saved_bytes(linear_only) < _saved_bytes(base)  # the conv weights are int8 too
+    assert _saved_bytes(dynamic) < _saved_bytes(base) / 2 and _saved_bytes(static) < _saved_bytes(linear_only)
     reference = export.torch_logits(network, x)
-    for candidate in (dynamic, static):
+    for candidate in (dynamic, linear_only, static):
         agree = (export.torch_logits(candidate.model, x).argmax(axis=1) == reference.argmax(axis=1)).mean()
         assert agree > 0.9, candidate.name
     row = measure.fn(static, x, y, LATENCY)
     assert row["parameters"] == sum(p.numel() for p in network.parameters()) and row["p95_ms_b8"] >= row["p50_ms_b8"] > 0
+
+
+def test_int8_conv_weights_are_within_half_a_step_of_the_fp32_ones():
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    quantized = export.Int8WeightConv2d(conv)
+    step = conv.weight.detach().abs().amax(dim=(1, 2, 3)) / 127
+    error = (quantized.weight_int8.float() * quantized.weight_scale[:, None, None, None] - conv.weight.detach()).abs()
+    assert (error <= step[:, None, None, None] / 2 + 1e-7).all()
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        assert torch.allclose(quantized(x), conv(x), atol=0.02)
 
 
 def test_static_quantization_names_a_missing_engine(tiny):
@@ -62,10 +74,12 @@ def test_static_quantization_names_a_missing_engine(tiny):
         quantize_static_int8.fn(network, spec, x, "no-such-engine")
 
 
-@pytest.mark.parametrize("kind", ["dynamic", "static"])
+@pytest.mark.parametrize("kind", ["dynamic", "dynamic_linear_only", "static"])
 def test_int8_safetensors_round_trip_gives_the_same_logits(tiny, tmp_path, kind):
     network, spec, x, _ = tiny
-    candidate = quantize_dynamic_int8.fn(network, spec) if kind == "dynamic" else quantize_static_int8.fn(network, spec, x, "x86")
+    candidate = {"dynamic": lambda: quantize_dynamic_int8.fn(network, spec),
+                 "dynamic_linear_only": lambda: quantize_dynamic_int8.fn(network, spec, conv_weights="fp32"),
+                 "static": lambda: quantize_static_int8.fn(network, spec, x, "x86")}[kind]()
     tensors, encoding = candidate.saved_state()
     assert any(t.dtype == torch.int8 for t in tensors.values())  # int8 on disk, not fp32
     save_file(tensors, str(tmp_path / "model.safetensors"))
