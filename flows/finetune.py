@@ -5,7 +5,9 @@ Reads the target splits (data/augmented, data/repaired) and the starting weights
 models/finetune/{model.safetensors,model.json}, reports/finetune/transfer.json (which tensors were
 loaded, skipped, mismatched or left new) and the per-epoch history. With `finetune.baseline`, the
 same architecture is also trained from scratch on the same labels and budget
-(models/finetune/scratch), so evaluate reports the gain instead of assuming it.
+(models/finetune/scratch), so evaluate reports the gain instead of assuming it. Checkpoints live
+under checkpoints/finetune/ and checkpoints/finetune-scratch/ (as train's), so an interrupted
+run resumes, the unfreezing schedule included.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from flows._stage import MODELS, REPORTS, fails_cleanly, run_stage
-from flows._training import arrays_for, class_weights, epoch_progress, load_dataset, write_model
+from flows._training import CHECKPOINTS, arrays_for, class_weights, epoch_progress, load_dataset, write_model
 from tasks.config import Params
 from tasks.finetune import (augment_labels, check_transfer, few_labels, map_keys, package_backbone, package_weights,
                             read_weights_file, schedule, source_kind)
@@ -67,6 +69,7 @@ def finetune(params: Params) -> dict:
         transfer["schedule"] = [{"group": i, "unfreeze_at_epoch": at, "lr": lr} for i, (at, lr) in enumerate(zip(unfreeze_at, lrs))]
     else:
         init_state, callbacks, transfer = None, None, {"loaded": [], "mismatched": [], "skipped": [], "missing": "all"}
+    resume_key = {"schedule": transfer.get("schedule"), "batchnorm": cfg.batchnorm}
     save_json({"init_from": cfg.init_from, "strategy": cfg.strategy, **transfer}, REPORTS / "finetune" / "transfer.json")
     counts = {k: len(transfer[k]) if isinstance(transfer[k], list) else transfer[k] for k in ("loaded", "mismatched", "skipped", "missing")}
     print(f"transfer from {cfg.init_from}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
@@ -76,11 +79,13 @@ def finetune(params: Params) -> dict:
 
     # With a source, the optimizer starts with the head only and the schedule adds backbone groups.
     tuned = fit_classifier(arrays, spec, cfg.optimizer, cfg.trainer, cfg.seed, weights, init_state,
-                           0.0 if source is not None else 1.0, on_epoch=epoch_progress("finetune-progress"), callbacks=callbacks)
+                           0.0 if source is not None else 1.0, on_epoch=epoch_progress("finetune-progress"), callbacks=callbacks,
+                           checkpoint_dir=CHECKPOINTS / "finetune", run_settings=resume_key)
     write_model(tuned, spec, "finetune", "finetune", "finetune")
     summary = {"labelled_rows": len(train_frame), "training_rows": len(arrays["train"][1]), "finetune": tuned.val_metrics}
     if cfg.baseline and source is not None:
-        scratch = fit_classifier.with_options(name="fit_from_scratch")(arrays, spec, cfg.optimizer, cfg.trainer, cfg.seed, weights)
+        scratch = fit_classifier.with_options(name="fit_from_scratch")(arrays, spec, cfg.optimizer, cfg.trainer, cfg.seed, weights,
+                                                                     checkpoint_dir=CHECKPOINTS / "finetune-scratch")
         write_model(scratch, spec, "finetune", "finetune/scratch", "scratch")
         summary["scratch"] = scratch.val_metrics
     else:

@@ -54,17 +54,28 @@ class TransferSchedule(pl.Callback):
         pl_module.backbone.requires_grad_(False)
         self.unfrozen = set()
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Resuming (`unfrozen` came back through load_state_dict): the checkpoint's optimizer holds
+        the head and every group unfrozen by then, in the order they were added. Lightning loads
+        that state right after this hook, so the same groups go back in first, in that order."""
+        groups = layer_groups(pl_module.backbone)
+        for i in sorted(self.unfrozen, key=lambda i: (self.unfreeze_at[i], i)):
+            self._unfreeze(trainer.optimizers[0], groups[i], self.lrs[i])
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         groups = layer_groups(pl_module.backbone)
-        optimizer = trainer.optimizers[0]
         for i, (group, at, lr) in enumerate(zip(groups, self.unfreeze_at, self.lrs)):
             if at is not None and at <= trainer.current_epoch and i not in self.unfrozen:
-                params = [p for module in group for p in module.parameters()]
-                for p in params:
-                    p.requires_grad_(True)
-                optimizer.add_param_group({"params": params, "lr": lr})
+                self._unfreeze(trainer.optimizers[0], group, lr)
                 self.unfrozen.add(i)
         self._set_modes(pl_module.backbone, groups)
+
+    @staticmethod
+    def _unfreeze(optimizer, group: list[nn.Module], lr: float) -> None:
+        params = [p for module in group for p in module.parameters()]
+        for p in params:
+            p.requires_grad_(True)
+        optimizer.add_param_group({"params": params, "lr": lr})
 
     def _set_modes(self, backbone: nn.Module, groups: list[list[nn.Module]]) -> None:
         backbone.train(bool(self.unfrozen))  # dropout and the like follow the backbone as a whole
@@ -79,3 +90,6 @@ class TransferSchedule(pl.Callback):
 
     def state_dict(self) -> dict:
         return {"unfrozen": sorted(self.unfrozen)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.unfrozen = set(state_dict["unfrozen"])

@@ -138,11 +138,13 @@ def fit_classifier(
     checkpoint_dir: Path | None = None,
     live_dir: Path | None = None,
     callbacks: list[pl.Callback] | None = None,
+    run_settings: dict | None = None,
 ) -> FitResult:
     """Train `spec`'s network (task from spec.extra["task"]: classification, binary or regression).
 
     checkpoint_dir: keep best/last checkpoints under it and resume an interrupted identical run;
-    live_dir: dvclive metrics and plots (trainer.logger: dvclive); callbacks: extra Lightning callbacks."""
+    live_dir: dvclive metrics and plots (trainer.logger: dvclive); callbacks: extra Lightning callbacks;
+    run_settings: what else decides the result (e.g. the callbacks' schedule), part of the resume key."""
     run = plan(trainer_cfg)
     torch.set_num_threads(trainer_cfg.num_threads)
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -162,7 +164,8 @@ def fit_classifier(
             settings = {"spec": spec.to_json(), "optimizer": optimizer.model_dump(), "seed": seed, "weights": class_weights,
                         "ratio": backbone_lr_ratio, "smoothing": label_smoothing,
                         "augment": on_the_fly.model_dump() if on_the_fly else None,
-                        "trainer": trainer_cfg.model_dump(exclude={"progress_bar", "logger", "num_threads"})}
+                        "trainer": trainer_cfg.model_dump(exclude={"progress_bar", "logger", "num_threads"}),
+                        "extra": run_settings}
             folder, resume = checkpoints.prepare(Path(checkpoint_dir), checkpoints.run_key(settings, arrays, init_state))
         history = EpochHistory(None if spawn else on_epoch)  # a Prefect callback cannot cross into spawned ranks
         has_val = "val" in arrays and not trainer_cfg.fast_dev_run

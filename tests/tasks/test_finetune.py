@@ -182,3 +182,39 @@ def test_packaged_pretrained_weights_load_offline_into_the_adapter(package, in_s
     network.load_state_dict(init)
     assert network.eval()(x).shape == (2, 3)
     assert len(layer_groups(network.backbone)) > 3
+
+
+# ------------------------------------------------------------------------------------- resume
+class _Crash(Exception):
+    pass
+
+
+class _CrashAt(__import__("lightning.pytorch").pytorch.Callback):
+    """Stands in for a kill: the run dies at the start of `epoch`, its last checkpoint on disk."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise _Crash
+
+
+def test_an_interrupted_gradual_fine_tune_resumes_to_the_uninterrupted_weights(tmp_path):
+    cfg = FinetuneConfig(strategy="gradual", unfreeze_at_epoch=1, unfreeze_every=1)
+    init, _ = transfer_state(_source_state(), SPEC.build(), ("head.",))
+    unfreeze_at, lrs = schedule(cfg, len(layer_groups(SPEC.build().backbone)), cfg.optimizer.lr)
+    trainer = TRAINER.model_copy(update={"max_epochs": 5})
+    key = {"schedule": [unfreeze_at, lrs]}
+
+    def fit(folder, *extra):
+        return fit_classifier.fn(_arrays(), SPEC, cfg.optimizer, trainer, 0, None, init, 0.0, checkpoint_dir=folder,
+                                 callbacks=[TransferSchedule(unfreeze_at, lrs), *extra], run_settings=key)
+
+    whole = fit(tmp_path / "whole")
+    with pytest.raises(_Crash):
+        fit(tmp_path / "cut", _CrashAt(3))  # two of the three groups unfrozen (epochs 1 and 2), then the crash
+    resumed = fit(tmp_path / "cut")
+    assert resumed.resumed_from_epoch == 3
+    for name, tensor in whole.state.items():
+        assert torch.equal(tensor, resumed.state[name]), name
