@@ -24,7 +24,7 @@ from tasks.compress import (distill_candidate, judge, measure, original, prune_c
 from tasks.config import Params
 from tasks.errors import UserError
 from tasks.export import export_onnx
-from tasks.finetune import few_labels
+from tasks.finetune import augment_labels, few_labels
 from tasks.io import atomic_path, load_frame, save_bytes, save_json, save_text
 from tasks.model_io import load_model
 from tasks.model_card import candidates_markdown, model_card
@@ -78,8 +78,10 @@ def compress(params: Params) -> dict:
             candidates.append(prune_candidate(teacher, spec, entry, arrays, cfg.prune_optimizer, cfg.prune_trainer, cfg.seed))
     if cfg.distill:
         # Every pool image carries the teacher's soft targets; hard labels only where cfg.distill.labels allows.
+        # Augmented copies widen the transfer set: the teacher labels each copy as it sees it.
         keep = pool[params.data.id].isin(labelled_ids(params, pool, cfg.distill.labels)).to_numpy()
-        arrays = {"train": (pool_x, np.where(keep, pool_y, UNLABELLED)), "val": val_arrays}
+        train = augment_labels(pool_x, np.where(keep, pool_y, UNLABELLED), cfg.distill.augment_copies, params.augment, cfg.seed)
+        arrays = {"train": train, "val": val_arrays}
         candidates.append(distill_candidate(teacher, spec, cfg.distill, arrays, cfg.seed))
 
     rows = [measure(c, x, y, cfg.latency) for c in candidates]

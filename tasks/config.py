@@ -420,6 +420,7 @@ class DistillConfig(Strict):
     # Hard labels: few = the rows finetune labelled (finetune.labels_per_class, finetune.seed), all = every
     # train-pool label, none = teacher only. Every pool image gets the teacher's soft targets.
     labels: Literal["few", "all", "none"] = "few"
+    augment_copies: int = Field(0, ge=0)  # extra augmented copies of every pool image (settings: augment), teacher-labelled
     optimizer: OptimizerConfig = OptimizerConfig(lr=0.003, weight_decay=0.0001)
     trainer: TrainerConfig = TrainerConfig(max_epochs=15, batch_size=128)
 
