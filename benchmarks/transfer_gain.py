@@ -17,6 +17,7 @@ import json
 import logging
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,8 +68,10 @@ def main() -> None:
         raw[stage]["trainer"].update(progress_bar=False, logger="none")
     if args.source_epochs:
         raw["train"]["trainer"]["max_epochs"] = args.source_epochs
-    Path("/tmp/transfer_gain_params.yaml").write_text(yaml.safe_dump(raw))
-    params = load_params("/tmp/transfer_gain_params.yaml")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="transfer_gain-") as merged:  # one per study
+        merged.write(yaml.safe_dump(raw))
+        merged.flush()
+        params = load_params(merged.name)
     cfg, data = params.finetune, Path(args.data)
 
     # The source model, once.

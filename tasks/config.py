@@ -232,8 +232,8 @@ class BatchAugmentConfig(Strict):
 class BackboneConfig(Strict):
     """One block for every backbone; each kind reads the keys its comment names.
 
-    mlp: hidden, widths (one hidden layer each), dropout | cnn: widths (conv blocks), hidden (dense),
-    dropout | rnn: cell, hidden, layers, bidirectional, embed, dropout | transformer: d_model, heads,
+    mlp: hidden, widths (one hidden layer each), dropout | cnn: widths (conv blocks), pool (the
+    pooled map's side, flattened: 1 is global average pooling), hidden (dense), dropout | rnn: cell, hidden, layers, bidirectional, embed, dropout | transformer: d_model, heads,
     layers, dropout. rnn and transformer read images as a sequence of rows, tables as a sequence of
     features, and text (data.modality text) through a learned token embedding.
     """
@@ -241,6 +241,7 @@ class BackboneConfig(Strict):
     kind: Literal["mlp", "cnn", "rnn", "transformer"] = "cnn"
     widths: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [32, 64, 128])
     hidden: int = Field(128, gt=0)
+    pool: int = Field(1, ge=1)
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.25
     cell: Literal["lstm", "gru"] = "lstm"
     layers: int = Field(2, ge=1)

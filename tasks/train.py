@@ -244,7 +244,7 @@ def backbone_spec(cfg: BackboneConfig, data: DataConfig | None = None, vocab: in
     if cfg.kind == "mlp":
         return {"kind": "mlp", "hidden": cfg.hidden, "depth": len(cfg.widths), "dropout": cfg.dropout}
     if cfg.kind == "cnn":
-        return {"kind": "cnn", "widths": list(cfg.widths), "hidden": cfg.hidden, "dropout": cfg.dropout}
+        return {"kind": "cnn", "widths": list(cfg.widths), "hidden": cfg.hidden, "dropout": cfg.dropout, "pool": cfg.pool}
     tokens = {"vocab_size": vocab, "pad_id": data.pad_id} if vocab else {}
     if cfg.kind == "rnn":
         return {"kind": "rnn", "cell": cfg.cell, "hidden": cfg.hidden, "layers": cfg.layers, "bidirectional": cfg.bidirectional,
