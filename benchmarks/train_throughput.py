@@ -50,7 +50,7 @@ def mnist() -> tuple[np.ndarray, np.ndarray, ModelSpec]:
 
     x, y = mnist_data()
     x = (x / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
-    spec = ModelSpec(backbone_spec(BackboneConfig(kind="cnn", widths=[32, 64, 128], hidden=128, dropout=0.25)), (1, 28, 28),
+    spec = ModelSpec(backbone_spec(BackboneConfig(kind="cnn", widths=[32, 64, 128], pool=3, hidden=128, dropout=0.25)), (1, 28, 28),
                      list(range(10)), {"task": "classification"})
     return x, y.astype(np.int64), spec
 
