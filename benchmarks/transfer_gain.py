@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -98,7 +99,6 @@ def main() -> None:
     classes = sorted(pool[params.data.label].unique().tolist())
     spec = ModelSpec(src_spec.backbone, src_spec.in_shape, classes, {})
     x_test, y_test = arrays(test, params, classes)
-    init_state, _ = transfer_state(source.state, spec.build(), ("head.",))
     groups = len(layer_groups(spec.build().backbone))
     unfreeze_at, lrs = schedule(cfg, groups, cfg.optimizer.lr)
 
@@ -106,6 +106,8 @@ def main() -> None:
     for per_class in args.labels:
         for seed in args.seeds:
             t0 = time.monotonic()
+            torch.manual_seed(seed)  # the new head's initial weights, as the finetune stage seeds them
+            init_state, _ = transfer_state(source.state, spec.build(), ("head.",))
             few = few_labels.fn(pool, params.data, per_class, seed)
             train = augment_labels(*arrays(few, params, classes), cfg.augment_copies, params.augment, seed)
             split = {"train": train}  # scored on the test split at the end: no per-epoch validation to pay for
