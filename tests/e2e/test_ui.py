@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import signal
 import sys
 import tempfile
 import time
@@ -42,7 +43,8 @@ class Browser:
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
              f"--user-data-dir={profile}", "--remote-debugging-port=0", "--window-size=1600,1100", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)  # its own process group: close() stops the helpers it forks too
         for line in self.process.stderr:  # "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/..."
             if match := re.search(r"ws://127\.0\.0\.1:(\d+)/", line):
                 break
@@ -97,7 +99,12 @@ class Browser:
         try:
             self.socket.close()
         finally:
-            self.process.kill()
+            # Chromium's renderer and crashpad children outlive a killed parent and keep writing
+            # into the profile, which then cannot be removed: stop the whole group.
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.process.wait(timeout=10)
 
 
@@ -130,7 +137,7 @@ def pipeline_run(tmp_path_factory):
 def browser():
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (.ci/run installs the Debian package)")
-    with tempfile.TemporaryDirectory(prefix="trainflow-chromium-") as profile:
+    with tempfile.TemporaryDirectory(prefix="trainflow-chromium-", ignore_cleanup_errors=True) as profile:
         b = Browser(Path(profile))
         try:
             yield b
