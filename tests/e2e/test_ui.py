@@ -13,8 +13,8 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import signal
+import subprocess
 import sys
 import tempfile
 import time
