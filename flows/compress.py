@@ -19,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from safetensors.torch import save_file
 
 from flows._stage import AUGMENTED, MODELS, REPAIRED, REPORTS, fails_cleanly, run_stage
+from lightning_modules.distill import UNLABELLED
 from tasks.compress import (distill_candidate, judge, measure, original, prune_candidate, quantize_dynamic_int8,
                             quantize_static_int8)
 from tasks.config import Params
@@ -31,7 +32,6 @@ from tasks.model_card import candidates_markdown, model_card
 from tasks.train import to_arrays
 
 OUT, REPORT = MODELS / "compressed", REPORTS / "compress"
-UNLABELLED = -1
 
 
 def md5(path: Path) -> str:

@@ -1,8 +1,8 @@
 """Compress: cheaper versions of a trained model, each measured and judged against declared budgets.
 
 Pure: a network, arrays and typed config in; candidates and their measurements out. Methods:
-dynamic int8 (torch.ao, Linear/LSTM; conv weights int8 weight-only), static int8 (torch.ao FX: conv-bn-relu fused, activations
-calibrated), L1 magnitude pruning (global or per layer, weights or whole channels; masked fine-tune,
+dynamic int8 (torch.ao, Linear/LSTM; conv weights int8 weight-only), static int8 (torch.ao FX:
+conv-bn-relu fused, activations calibrated), L1 magnitude pruning (global or per layer, weights or whole channels; masked fine-tune,
 then the zeros made permanent) and knowledge distillation into a smaller declared backbone.
 Training goes through Lightning (the `Classifier` and `Distiller` modules). flows/compress.py reads
 inputs and writes the chosen model; tasks/export.py serialises and exports it.

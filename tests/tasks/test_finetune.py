@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import pytest
@@ -189,7 +190,7 @@ class _Crash(Exception):
     pass
 
 
-class _CrashAt(__import__("lightning.pytorch").pytorch.Callback):
+class _CrashAt(pl.Callback):
     """Stands in for a kill: the run dies at the start of `epoch`, its last checkpoint on disk."""
 
     def __init__(self, epoch: int):
