@@ -43,7 +43,7 @@ def starting_point(params: Params, classes: list) -> tuple[dict, dict | None, tu
 @flow(name="finetune")
 @fails_cleanly
 def finetune(params: Params) -> dict:
-    from lightning_modules.transfer import TransferSchedule, layer_groups
+    from lightning_modules.transfer import TransferSchedule, group_prefixes, layer_groups
 
     cfg = params.finetune
     print(preflight(cfg.trainer, "finetune.trainer"))
@@ -62,9 +62,11 @@ def finetune(params: Params) -> dict:
 
         torch.manual_seed(cfg.seed)  # the new head's initial weights: seeded, or they follow the process's RNG state
         network = spec.build()
-        init_state, transfer = transfer_state(source, network, new_head)
+        groups = layer_groups(network.backbone)
+        unfreeze_at, lrs = schedule(cfg, len(groups), cfg.optimizer.lr)
+        fresh = group_prefixes(network.backbone, groups[len(groups) - cfg.reinit_top:])  # reinit_top: not transferred
+        init_state, transfer = transfer_state(source, network, new_head + fresh)
         check_transfer(transfer, cfg.init_from)
-        unfreeze_at, lrs = schedule(cfg, len(layer_groups(network.backbone)), cfg.optimizer.lr)
         callbacks = [TransferSchedule(unfreeze_at, lrs, cfg.batchnorm)]
         transfer["schedule"] = [{"group": i, "unfreeze_at_epoch": at, "lr": lr} for i, (at, lr) in enumerate(zip(unfreeze_at, lrs))]
     else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim import lr_scheduler as S
 
 NORMS = (_BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
@@ -31,6 +32,41 @@ def layer_groups(backbone: nn.Module) -> list[list[nn.Module]]:
         else:
             groups.append([module])
     return groups
+
+
+def group_prefixes(backbone: nn.Module, groups: list[list[nn.Module]], owner: str = "backbone.") -> tuple[str, ...]:
+    """The state-dict key prefixes of `groups`' modules, e.g. ("backbone.dense.",): what
+    transfer_state should leave out when those groups start fresh (finetune.reinit_top)."""
+    names = {id(module): name for name, module in backbone.named_modules()}
+    return tuple(f"{owner}{names[id(module)]}." for group in groups for module in group)
+
+
+def join_schedules(trainer: pl.Trainer, group: dict) -> None:
+    """A parameter group added mid-run (a layer just unfrozen) joins the learning-rate schedules
+    where the head's group is: its rate is scaled by the same factor, and each scheduler gets an
+    entry for it. Schedulers keep one entry per group from their construction and would otherwise
+    leave a late group at a fixed rate (cosine, step, warmup) or fail on it (one-cycle)."""
+    head, base = trainer.optimizers[0].param_groups[0], group["lr"]
+    for config in trainer.lr_scheduler_configs:
+        for scheduler in (config.scheduler, *getattr(config.scheduler, "_schedulers", ())):
+            if isinstance(scheduler, S.OneCycleLR):  # it reads its phases' rates (and momenta) from each group
+                for key in ("initial_lr", "max_lr", "min_lr"):
+                    group[key] = base * head[key] / head["max_lr"]
+                group.update({k: head[k] for k in ("base_momentum", "max_momentum") if k in head})
+                group["lr"] = base * head["lr"] / head["max_lr"]
+                continue
+            if isinstance(scheduler, S.ReduceLROnPlateau):  # from now on it cuts every group's rate alike
+                scheduler.min_lrs.append(scheduler.min_lrs[0])
+                continue
+            group.setdefault("initial_lr", base)
+            group["lr"] = base * head["lr"] / head["initial_lr"]
+            if isinstance(scheduler, S.LambdaLR):
+                scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
+            if hasattr(scheduler, "base_lrs"):
+                scheduler.base_lrs.append(group["initial_lr"])
+        for scheduler in (config.scheduler, *getattr(config.scheduler, "_schedulers", ())):
+            if hasattr(scheduler, "_last_lr"):
+                scheduler._last_lr.append(group["lr"])
 
 
 class TransferSchedule(pl.Callback):
@@ -60,22 +96,23 @@ class TransferSchedule(pl.Callback):
         that state right after this hook, so the same groups go back in first, in that order."""
         groups = layer_groups(pl_module.backbone)
         for i in sorted(self.unfrozen, key=lambda i: (self.unfreeze_at[i], i)):
-            self._unfreeze(trainer.optimizers[0], groups[i], self.lrs[i])
+            self._unfreeze(trainer, groups[i], self.lrs[i])
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         groups = layer_groups(pl_module.backbone)
         for i, (group, at, lr) in enumerate(zip(groups, self.unfreeze_at, self.lrs)):
             if at is not None and at <= trainer.current_epoch and i not in self.unfrozen:
-                self._unfreeze(trainer.optimizers[0], group, lr)
+                self._unfreeze(trainer, group, lr)
                 self.unfrozen.add(i)
         self._set_modes(pl_module.backbone, groups)
 
     @staticmethod
-    def _unfreeze(optimizer, group: list[nn.Module], lr: float) -> None:
+    def _unfreeze(trainer: pl.Trainer, group: list[nn.Module], lr: float) -> None:
         params = [p for module in group for p in module.parameters()]
         for p in params:
             p.requires_grad_(True)
-        optimizer.add_param_group({"params": params, "lr": lr})
+        trainer.optimizers[0].add_param_group({"params": params, "lr": lr})
+        join_schedules(trainer, trainer.optimizers[0].param_groups[-1])
 
     def _set_modes(self, backbone: nn.Module, groups: list[list[nn.Module]]) -> None:
         backbone.train(bool(self.unfrozen))  # dropout and the like follow the backbone as a whole

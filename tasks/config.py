@@ -345,6 +345,9 @@ class FinetuneConfig(Strict):
     unfreeze_at_epoch: int = Field(0, ge=0)  # gradual / probe_then_full: the first backbone group unfreezes at this epoch
     unfreeze_every: int = Field(1, ge=1)  # gradual: one more group every this many epochs
     batchnorm: Literal["train", "frozen"] = "train"  # frozen: BatchNorm keeps the source statistics
+    # The top this many backbone layer groups start from fresh weights instead of the source's and
+    # train from the first epoch at the head's rate (keep the conv base, new dense classifier).
+    reinit_top: int = Field(0, ge=0)
     augment_copies: int = Field(0, ge=0)  # extra augmented copies of each labelled image (settings from `augment`)
     labels_per_class: int | None = Field(10, ge=1)  # None: every labelled row of the target train split
     baseline: bool = True  # also train the same architecture from scratch, same data and budget

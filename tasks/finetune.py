@@ -133,13 +133,20 @@ def check_transfer(report: dict, source: str) -> None:
 def schedule(cfg: FinetuneConfig, groups: int, lr: float) -> tuple[list[int | None], list[float]]:
     """Per backbone layer group (bottom to top): the epoch it starts training (None: never) and
     its learning rate. The top group learns at lr x backbone_lr_ratio, each one below at
-    layer_lr_decay times the one above it (per-layer discriminative learning rates)."""
-    depth = [groups - 1 - i for i in range(groups)]  # 0 for the top group
+    layer_lr_decay times the one above it (per-layer discriminative learning rates). The top
+    `reinit_top` groups are new (not transferred): like the head, they train from epoch 0 at lr."""
+    if cfg.reinit_top >= groups:
+        raise UserError(f"finetune.reinit_top: {cfg.reinit_top} must be below the backbone's {groups} layer groups "
+                        "(re-initialising all of them is init_from: scratch)")
+    kept = groups - cfg.reinit_top
+    depth = [kept - 1 - i for i in range(kept)]  # 0 for the top transferred group
     lrs = [lr * cfg.backbone_lr_ratio * cfg.layer_lr_decay ** d for d in depth]
     if cfg.strategy == "linear_probe" or cfg.backbone_lr_ratio == 0:
-        return [None] * groups, lrs
-    if cfg.strategy == "full":
-        return [0] * groups, lrs
-    if cfg.strategy == "probe_then_full":
-        return [cfg.unfreeze_at_epoch] * groups, lrs
-    return [cfg.unfreeze_at_epoch + d * cfg.unfreeze_every for d in depth], lrs  # gradual: top down
+        at = [None] * kept
+    elif cfg.strategy == "full":
+        at = [0] * kept
+    elif cfg.strategy == "probe_then_full":
+        at = [cfg.unfreeze_at_epoch] * kept
+    else:
+        at = [cfg.unfreeze_at_epoch + d * cfg.unfreeze_every for d in depth]  # gradual: top down
+    return at + [0] * cfg.reinit_top, lrs + [lr] * cfg.reinit_top

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lightning_modules.transfer import TransferSchedule, layer_groups
+from lightning_modules.transfer import TransferSchedule, group_prefixes, layer_groups
 from tasks.config import AugmentConfig, DataConfig, FinetuneConfig, OptimizerConfig, TrainerConfig
 from tasks.errors import UserError
 from tasks.finetune import augment_labels, check_transfer, few_labels, map_keys, read_weights_file, schedule
@@ -35,12 +35,12 @@ def _source_state() -> dict[str, torch.Tensor]:
     return SPEC.build().state_dict()
 
 
-def _fit(cfg: FinetuneConfig):
+def _fit(cfg: FinetuneConfig, callbacks: list[pl.Callback] = ()):
     init, _ = transfer_state(_source_state(), SPEC.build(), ("head.",))
     network = SPEC.build()
     unfreeze_at, lrs = schedule(cfg, len(layer_groups(network.backbone)), cfg.optimizer.lr)
     result = fit_classifier.fn(_arrays(), SPEC, cfg.optimizer, TRAINER, 0, None, init, 0.0,
-                               callbacks=[TransferSchedule(unfreeze_at, lrs, cfg.batchnorm)])
+                               callbacks=[TransferSchedule(unfreeze_at, lrs, cfg.batchnorm), *callbacks])
     return init, result.state
 
 
@@ -78,6 +78,24 @@ def test_schedule_per_strategy():
     assert schedule(FinetuneConfig(strategy="probe_then_full", unfreeze_at_epoch=4), 3, lr)[0] == [4, 4, 4]
 
 
+def test_reinit_top_groups_train_from_the_start_at_the_head_rate():
+    at, lrs = schedule(FinetuneConfig(strategy="probe_then_full", unfreeze_at_epoch=4, backbone_lr_ratio=0.1, reinit_top=1), 3, 1.0)
+    assert at == [4, 4, 0] and lrs == [0.1, 0.1, 1.0]
+    assert schedule(FinetuneConfig(strategy="linear_probe", reinit_top=2), 3, 1.0)[0] == [None, 0, 0]
+    with pytest.raises(UserError, match="finetune.reinit_top: 3 must be below"):
+        schedule(FinetuneConfig(reinit_top=3), 3, 1.0)
+
+
+def test_reinit_top_leaves_the_dense_layer_out_of_the_transfer():
+    network = SPEC.build()
+    groups = layer_groups(network.backbone)
+    fresh = group_prefixes(network.backbone, groups[-1:])
+    assert fresh == ("backbone.dense.",)
+    init, report = transfer_state(_source_state(), network, ("head.", *fresh))
+    assert report["skipped"] and all(k.startswith(("head.", "backbone.dense.")) for k in report["skipped"])
+    assert any(k.startswith("backbone.features.") for k in report["loaded"]) and not any("dense" in k for k in report["loaded"])
+
+
 def test_cnn_layer_groups_cover_every_backbone_parameter():
     backbone = SPEC.build().backbone
     grouped = {id(p) for group in layer_groups(backbone) for m in group for p in m.parameters()}
@@ -107,6 +125,30 @@ def test_probe_then_full_with_frozen_batchnorm_keeps_running_statistics():
     init, state = _fit(FinetuneConfig(strategy="probe_then_full", unfreeze_at_epoch=1, batchnorm="frozen"))
     assert _changed(init, state, "backbone.features.0.weight")
     assert torch.equal(init["backbone.features.1.running_mean"], state["backbone.features.1.running_mean"])
+
+
+class LearningRates(pl.Callback):
+    def __init__(self):
+        self.rows = []
+
+    def on_train_batch_end(self, trainer, *args):
+        self.rows.append([group["lr"] for group in trainer.optimizers[0].param_groups])
+
+
+@pytest.mark.parametrize("scheduler", [{"name": "cosine"}, {"name": "step", "step_size": 1, "gamma": 0.5},
+                                       {"name": "none", "warmup_steps": 4}, {"name": "onecycle"}, {"name": "plateau", "patience": 0}])
+def test_groups_unfrozen_mid_run_follow_the_learning_rate_schedule(scheduler):
+    # probe_then_full: the three backbone groups join at epoch 1 (batch 4 of 6) at lr x 0.5 and
+    # must then move with the head's rate; without join_schedules they stay at 0.005 (or one-cycle fails)
+    cfg = FinetuneConfig(strategy="probe_then_full", unfreeze_at_epoch=1, backbone_lr_ratio=0.5,
+                         optimizer=OptimizerConfig(name="adam", lr=0.01, scheduler=scheduler))
+    rates = LearningRates()
+    _fit(cfg, [rates])
+    assert [len(row) for row in rates.rows] == [1, 1, 1, 4, 4, 4]
+    for row in rates.rows[3:]:
+        assert row[1:] == pytest.approx([row[0] * 0.5] * 3)
+    if scheduler["name"] != "plateau":  # the others change the rate within the run
+        assert len({row[0] for row in rates.rows}) > 1
 
 
 # ------------------------------------------------------------------------------- weights files
