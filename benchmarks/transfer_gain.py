@@ -26,7 +26,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_modules.transfer import TransferSchedule, layer_groups  # noqa: E402
+from lightning_modules.transfer import TransferSchedule, group_prefixes, layer_groups  # noqa: E402
 from tasks.config import Params, load_params  # noqa: E402
 from tasks.evaluate import predict  # noqa: E402
 from tasks.finetune import augment_labels, few_labels, schedule  # noqa: E402
@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a finetune.* param (YAML value)")
     parser.add_argument("--source-cache", default=None, help="a model.safetensors path: reuse the source model if there, else save it")
     parser.add_argument("--source-epochs", type=int, default=None, help="override train.trainer.max_epochs")
+    parser.add_argument("--no-scratch", action="store_true", help="fine-tune only (comparing fine-tuning settings)")
+    parser.add_argument("--curve", action="store_true", help="also score the test split after every epoch (diagnosis only)")
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
@@ -99,23 +101,29 @@ def main() -> None:
     classes = sorted(pool[params.data.label].unique().tolist())
     spec = ModelSpec(src_spec.backbone, src_spec.in_shape, classes, {})
     x_test, y_test = arrays(test, params, classes)
-    groups = len(layer_groups(spec.build().backbone))
-    unfreeze_at, lrs = schedule(cfg, groups, cfg.optimizer.lr)
+    backbone = spec.build().backbone
+    groups = layer_groups(backbone)
+    unfreeze_at, lrs = schedule(cfg, len(groups), cfg.optimizer.lr)
+    fresh = group_prefixes(backbone, groups[len(groups) - cfg.reinit_top:])  # finetune.reinit_top: not transferred
 
     rows = []
     for per_class in args.labels:
         for seed in args.seeds:
             t0 = time.monotonic()
             torch.manual_seed(seed)  # the new head's initial weights, as the finetune stage seeds them
-            init_state, _ = transfer_state(source.state, spec.build(), ("head.",))
+            init_state, _ = transfer_state(source.state, spec.build(), ("head.", *fresh))
             few = few_labels.fn(pool, params.data, per_class, seed)
             train = augment_labels(*arrays(few, params, classes), cfg.augment_copies, params.augment, seed)
             split = {"train": train}  # scored on the test split at the end: no per-epoch validation to pay for
+            if args.curve:  # watched, never used to pick a model
+                split["val"] = (x_test, y_test)
             tuned = fit_classifier.fn(split, spec, cfg.optimizer, cfg.trainer, seed, None, init_state, 0.0,
                                       callbacks=[TransferSchedule(unfreeze_at, lrs, cfg.batchnorm)])
-            scratch = fit_classifier.fn(split, spec, cfg.optimizer, cfg.trainer, seed)
+            scratch = None if args.no_scratch else fit_classifier.fn(split, spec, cfg.optimizer, cfg.trainer, seed)
             row = {"labels_per_class": per_class, "seed": seed, "finetuned": accuracy(tuned.state, spec, x_test, y_test),
-                   "scratch": accuracy(scratch.state, spec, x_test, y_test), "seconds": round(time.monotonic() - t0, 1)}
+                   "scratch": scratch and accuracy(scratch.state, spec, x_test, y_test), "seconds": round(time.monotonic() - t0, 1)}
+            if args.curve:
+                row["curves"] = {name: [r.get("val/acc") for r in fit.history] for name, fit in (("finetuned", tuned), ("scratch", scratch)) if fit}
             rows.append(row)
             print(json.dumps(row), flush=True)
 
@@ -124,7 +132,7 @@ def main() -> None:
     for per_class in args.labels:
         mine = [r for r in rows if r["labels_per_class"] == per_class]
         tuned = statistics.mean(r["finetuned"] for r in mine)
-        scratch = statistics.mean(r["scratch"] for r in mine)
+        scratch = statistics.mean(r["scratch"] or 0.0 for r in mine)  # 0 with --no-scratch
         summary["budgets"][str(per_class)] = {"finetuned": round(tuned, 4), "scratch": round(scratch, 4), "gain": round(tuned - scratch, 4),
                                               "finetuned_min": round(min(r["finetuned"] for r in mine), 4)}
         print(f"| {per_class} | {tuned:.3f} | {scratch:.3f} | {tuned - scratch:+.3f} |")
