@@ -244,7 +244,9 @@ class _CrashAt(pl.Callback):
 
 
 def test_an_interrupted_gradual_fine_tune_resumes_to_the_uninterrupted_weights(tmp_path):
-    cfg = FinetuneConfig(strategy="gradual", unfreeze_at_epoch=1, unfreeze_every=1)
+    # with a cosine schedule: the groups unfrozen before the crash rejoin it before its state is restored
+    cfg = FinetuneConfig(strategy="gradual", unfreeze_at_epoch=1, unfreeze_every=1,
+                         optimizer=OptimizerConfig(name="adam", lr=0.002, scheduler={"name": "cosine"}))
     init, _ = transfer_state(_source_state(), SPEC.build(), ("head.",))
     unfreeze_at, lrs = schedule(cfg, len(layer_groups(SPEC.build().backbone)), cfg.optimizer.lr)
     trainer = TRAINER.model_copy(update={"max_epochs": 5})
