@@ -13,6 +13,7 @@ target's held-out test split. Reads the data stages' outputs (data/augmented, da
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import statistics
@@ -21,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -29,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_modules.transfer import TransferSchedule, group_prefixes, layer_groups  # noqa: E402
 from tasks.config import Params, load_params  # noqa: E402
 from tasks.evaluate import predict  # noqa: E402
-from tasks.finetune import augment_labels, few_labels, schedule  # noqa: E402
+from tasks.finetune import (augment_labels, balanced_weights, few_labels, keep_classes, replay_rows, schedule,  # noqa: E402
+                            seed_joint_head, with_replay)
 from tasks.io import load_frame, load_json  # noqa: E402
 from tasks.model_io import ModelSpec, load_weights, save_model  # noqa: E402
 from tasks.train import FitResult, backbone_spec, fit_classifier, input_shape, to_arrays, transfer_state  # noqa: E402
@@ -110,15 +113,26 @@ def main() -> None:
     for per_class in args.labels:
         for seed in args.seeds:
             t0 = time.monotonic()
-            torch.manual_seed(seed)  # the new head's initial weights, as the finetune stage seeds them
-            init_state, _ = transfer_state(source.state, spec.build(), ("head.", *fresh))
             few = few_labels.fn(pool, params.data, per_class, seed)
             train = augment_labels(*arrays(few, params, classes), cfg.augment_copies, params.augment, seed)
             split = {"train": train}  # scored on the test split at the end: no per-epoch validation to pay for
             if args.curve:  # watched, never used to pick a model
                 split["val"] = (x_test, y_test)
-            tuned = fit_classifier.fn(split, spec, cfg.optimizer, cfg.trainer, seed, None, init_state, 0.0,
+            # What the fine-tune trains on: the target's labels, or with replay_source the joint set (as the stage does)
+            fit_spec, fit_split, fit_weights, rows = spec, split, None, None
+            if cfg.replay_source:
+                replayed = replay_rows(*arrays(src_train, params, src_classes), cfg.replay_source, seed)
+                joint_train, joint, rows = with_replay(train, replayed, classes, src_classes)
+                fit_spec, fit_weights = ModelSpec(spec.backbone, spec.in_shape, joint, {}), balanced_weights(joint_train[1], len(joint))
+                fit_split = {"train": joint_train, **({"val": (x_test, np.array(rows)[y_test])} if args.curve else {})}
+            torch.manual_seed(seed)  # the new head's initial weights, as the finetune stage seeds them
+            init_state, _ = transfer_state(source.state, fit_spec.build(), ("head.", *fresh))
+            if cfg.replay_source:
+                init_state = seed_joint_head(init_state, source.state, [joint.index(c) for c in src_classes])
+            tuned = fit_classifier.fn(fit_split, fit_spec, cfg.optimizer, cfg.trainer, seed, fit_weights, init_state, 0.0,
                                       callbacks=[TransferSchedule(unfreeze_at, lrs, cfg.batchnorm)])
+            if rows is not None:
+                tuned = dataclasses.replace(tuned, state=keep_classes(tuned.state, rows))
             scratch = None if args.no_scratch else fit_classifier.fn(split, spec, cfg.optimizer, cfg.trainer, seed)
             row = {"labels_per_class": per_class, "seed": seed, "finetuned": accuracy(tuned.state, spec, x_test, y_test),
                    "scratch": scratch and accuracy(scratch.state, spec, x_test, y_test), "seconds": round(time.monotonic() - t0, 1)}

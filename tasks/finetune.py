@@ -53,6 +53,56 @@ def augment_labels(x: np.ndarray, y: np.ndarray, copies: int, cfg: AugmentConfig
     return np.concatenate([x, *extra]).astype(x.dtype), np.concatenate([y] * (copies + 1))
 
 
+# -------------------------------------------------------------------------------- source replay
+# Joint fine-tuning: the source data set's labelled rows train beside the target's few labels, through
+# one head over both sets of classes; the backbone keeps learning from the plentiful source data
+# while it adapts. At the end the head is cut down to the target classes, so the model written is an
+# ordinary target model.
+def replay_rows(x: np.ndarray, y: np.ndarray, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`rows` source rows (all when fewer), the same number from each class as far as they go, seeded."""
+    if rows >= len(y):
+        return x, y
+    rng = np.random.default_rng(seed)
+    by_class = [rng.permutation(np.flatnonzero(y == c)) for c in np.unique(y)]
+    # round robin over the classes: a first row of each, then a second of each, and so on
+    order = np.concatenate([[idx[d] for idx in by_class if d < len(idx)] for d in range(max(map(len, by_class)))])
+    keep = np.sort(order[:rows])
+    return x[keep], y[keep]
+
+
+def with_replay(train: tuple[np.ndarray, np.ndarray], source: tuple[np.ndarray, np.ndarray], classes: list,
+                source_classes: list) -> tuple[tuple[np.ndarray, np.ndarray], list, list[int]]:
+    """(joint rows, joint classes, the target classes' rows in the joint head). `train` is indexed
+    into `classes`, `source` into `source_classes`; a class in both shares one row of the head."""
+    joint = list(source_classes) + [c for c in classes if c not in source_classes]
+    target_rows = [joint.index(c) for c in classes]
+    source_rows = np.array([joint.index(c) for c in source_classes])
+    x = np.concatenate([source[0], train[0]]).astype(train[0].dtype)
+    y = np.concatenate([source_rows[source[1]], np.array(target_rows)[train[1]]])
+    return (x, y), joint, target_rows
+
+
+def seed_joint_head(state: dict[str, torch.Tensor], source_state: dict[str, torch.Tensor], rows: list[int]) -> dict:
+    """The joint head starts with the source head's weights in the source classes' rows."""
+    state = dict(state)
+    for key in ("head.weight", "head.bias"):
+        merged = state[key].clone()
+        merged[rows] = source_state[key]
+        state[key] = merged
+    return state
+
+
+def keep_classes(state: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
+    """The network with its head cut down to `rows` (the target classes of a joint head)."""
+    return {**state, "head.weight": state["head.weight"][rows].clone(), "head.bias": state["head.bias"][rows].clone()}
+
+
+def balanced_weights(y: np.ndarray, classes: int) -> list[float]:
+    """Inverse-frequency class weights: a few target labels count as much as plenty of source rows."""
+    counts = np.bincount(y, minlength=classes)
+    return (len(y) / (classes * np.maximum(counts, 1))).tolist()
+
+
 # -------------------------------------------------------------------------------- weights files
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a safetensors file or a torchvision/timm-style .pt/.pth/.bin file.

@@ -41,6 +41,9 @@ def test_stages_chain_and_write_their_outputs(prefect_harness, project, params):
     assert (project / "models/finetune/model.json").exists() and (project / "models/finetune/scratch/model.json").exists()
     transfer = json.loads((project / "reports/finetune/transfer.json").read_text())
     assert transfer["missing"] == ["head.bias", "head.weight"]  # a new head for the new classes, the rest transferred
+    # finetune.replay_source: one head over digits 0-4 and 5-9 while training, cut to the target's for the model
+    assert transfer["replay"]["joint_classes"] == list(range(10)) and transfer["replay"]["rows"] > 0
+    assert json.loads((project / "models/finetune/model.json").read_text())["classes"] == [5, 6, 7, 8, 9]
 
     headline = evaluate(params)
     metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())

@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 from lightning_modules.transfer import TransferSchedule, group_prefixes, layer_groups
 from tasks.config import AugmentConfig, DataConfig, FinetuneConfig, OptimizerConfig, TrainerConfig
 from tasks.errors import UserError
-from tasks.finetune import augment_labels, check_transfer, few_labels, map_keys, read_weights_file, schedule
+from tasks.finetune import (augment_labels, balanced_weights, check_transfer, few_labels, keep_classes, map_keys,
+                            read_weights_file, replay_rows, schedule, seed_joint_head, with_replay)
 from tasks.model_io import ModelSpec
 from tasks.train import fit_classifier, transfer_state
 
@@ -66,6 +67,38 @@ def test_augment_labels_adds_copies_of_each_image():
     bigger_x, bigger_y = augment_labels(x, y, 3, AugmentConfig(), seed=0)
     assert bigger_x.shape == (24, 1, 8, 8) and list(bigger_y) == list(y) * 4
     assert np.array_equal(bigger_x[:6], x) and not np.array_equal(bigger_x[6:12], x)
+
+
+# ------------------------------------------------------------------------------- source replay
+def test_replay_rows_takes_the_classes_in_turn_seeded():
+    x, y = np.arange(10)[:, None], np.array([0] * 6 + [1] * 3 + [2])
+    kx, ky = replay_rows(x, y, 5, seed=0)
+    assert sorted(np.bincount(ky, minlength=3)) == [1, 2, 2] and np.bincount(ky, minlength=3)[2] == 1
+    assert np.array_equal(kx[:, 0], np.sort(kx[:, 0])) and set(kx[:, 0]) <= set(range(10))
+    assert np.array_equal(replay_rows(x, y, 5, seed=0)[0], kx) and replay_rows(x, y, 99, seed=0)[1] is y
+
+
+def test_with_replay_puts_source_then_target_classes_in_one_head():
+    source = (np.zeros((3, 2), np.float32), np.array([0, 1, 1]))   # classes [0, 1]
+    target = (np.ones((2, 2), np.float32), np.array([1, 0]))       # classes [1, 5]: 1 is shared
+    (x, y), joint, rows = with_replay(target, source, [1, 5], [0, 1])
+    assert joint == [0, 1, 5] and rows == [1, 2]
+    assert list(y) == [0, 1, 1, 2, 1] and x.shape == (5, 2) and x.dtype == np.float32
+    assert balanced_weights(y, 3) == pytest.approx([5 / 3, 5 / 9, 5 / 3])
+
+
+def test_joint_head_starts_from_the_source_rows_and_is_cut_to_the_target_classes():
+    source = {"head.weight": torch.ones(2, 4), "head.bias": torch.ones(2)}
+    state = {"head.weight": torch.zeros(3, 4), "head.bias": torch.zeros(3), "backbone.w": torch.ones(1)}
+    seeded = seed_joint_head(state, source, [0, 1])
+    assert seeded["head.weight"][:2].eq(1).all() and seeded["head.weight"][2].eq(0).all() and state["head.weight"].eq(0).all()
+    kept = keep_classes(seeded, [2])
+    assert kept["head.weight"].shape == (1, 4) and kept["head.bias"].tolist() == [0.0] and kept["backbone.w"] is state["backbone.w"]
+
+
+def test_replay_source_needs_the_train_stage_as_the_source():
+    with pytest.raises(ValueError, match="replay_source needs init_from: train"):
+        FinetuneConfig(init_from="scratch", replay_source=100)
 
 
 # ------------------------------------------------------------------------------------ schedule
