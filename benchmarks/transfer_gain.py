@@ -119,20 +119,20 @@ def main() -> None:
             if args.curve:  # watched, never used to pick a model
                 split["val"] = (x_test, y_test)
             # What the fine-tune trains on: the target's labels, or with replay_source the joint set (as the stage does)
-            fit_spec, fit_split, fit_weights, rows = spec, split, None, None
+            fit_spec, fit_split, fit_weights, head_rows = spec, split, None, None
             if cfg.replay_source:
                 replayed = replay_rows(*arrays(src_train, params, src_classes), cfg.replay_source, seed)
-                joint_train, joint, rows = with_replay(train, replayed, classes, src_classes)
+                joint_train, joint, head_rows = with_replay(train, replayed, classes, src_classes)
                 fit_spec, fit_weights = ModelSpec(spec.backbone, spec.in_shape, joint, {}), balanced_weights(joint_train[1], len(joint))
-                fit_split = {"train": joint_train, **({"val": (x_test, np.array(rows)[y_test])} if args.curve else {})}
+                fit_split = {"train": joint_train, **({"val": (x_test, np.array(head_rows)[y_test])} if args.curve else {})}
             torch.manual_seed(seed)  # the new head's initial weights, as the finetune stage seeds them
             init_state, _ = transfer_state(source.state, fit_spec.build(), ("head.", *fresh))
             if cfg.replay_source:
                 init_state = seed_joint_head(init_state, source.state, [joint.index(c) for c in src_classes])
             tuned = fit_classifier.fn(fit_split, fit_spec, cfg.optimizer, cfg.trainer, seed, fit_weights, init_state, 0.0,
                                       callbacks=[TransferSchedule(unfreeze_at, lrs, cfg.batchnorm)])
-            if rows is not None:
-                tuned = dataclasses.replace(tuned, state=keep_classes(tuned.state, rows))
+            if head_rows is not None:  # the joint head cut to the target classes
+                tuned = dataclasses.replace(tuned, state=keep_classes(tuned.state, head_rows))
             scratch = None if args.no_scratch else fit_classifier.fn(split, spec, cfg.optimizer, cfg.trainer, seed)
             row = {"labels_per_class": per_class, "seed": seed, "finetuned": accuracy(tuned.state, spec, x_test, y_test),
                    "scratch": scratch and accuracy(scratch.state, spec, x_test, y_test), "seconds": round(time.monotonic() - t0, 1)}
