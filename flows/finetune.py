@@ -79,7 +79,10 @@ def finetune(params: Params) -> dict:
     if source is not None:
         import torch
 
-        if cfg.replay_source:  # joint fine-tuning: the network trains with one head over source and target classes
+        replaying = cfg.replay_source > 0 and source_kind(cfg) == "train"
+        if cfg.replay_source and not replaying:
+            print(f"finetune.replay_source: not used with init_from: {cfg.init_from} (it replays the train stage's data set beside its head)")
+        if replaying:  # joint fine-tuning: the network trains with one head over source and target classes
             fit_arrays, joint, target_rows, source_rows, replay = replay_source(params, arrays, classes)
             fit_spec, fit_weights = ModelSpec(backbone, spec.in_shape, joint, spec.extra), balanced_weights(fit_arrays["train"][1], len(joint))
         torch.manual_seed(cfg.seed)  # the new head's initial weights: seeded, or they follow the process's RNG state
@@ -89,7 +92,7 @@ def finetune(params: Params) -> dict:
         fresh = group_prefixes(network.backbone, groups[len(groups) - cfg.reinit_top:])  # reinit_top: not transferred
         init_state, transfer = transfer_state(source, network, new_head + fresh)
         check_transfer(transfer, cfg.init_from)
-        if cfg.replay_source:
+        if replaying:
             init_state = seed_joint_head(init_state, source, source_rows)
             transfer["replay"] = replay
         callbacks = [TransferSchedule(unfreeze_at, lrs, cfg.batchnorm)]

@@ -350,7 +350,8 @@ class FinetuneConfig(Strict):
     reinit_top: int = Field(0, ge=0)
     augment_copies: int = Field(0, ge=0)  # extra augmented copies of each labelled image (settings from `augment`)
     # Joint fine-tuning: this many labelled rows of the source data set (train.dataset) train beside the
-    # target's few labels, one head over both sets of classes, cut to the target's at the end (init_from: train).
+    # target's few labels, one head over both sets of classes, cut to the target's at the end. Only with
+    # init_from: train (its data set and head); other sources train without it, and the stage says so.
     replay_source: int = Field(0, ge=0)
     labels_per_class: int | None = Field(10, ge=1)  # None: every labelled row of the target train split
     baseline: bool = True  # also train the same architecture from scratch, same data and budget
@@ -361,8 +362,6 @@ class FinetuneConfig(Strict):
     @model_validator(mode="after")
     def _known_source(self) -> FinetuneConfig:
         source = self.init_from
-        if self.replay_source and source != "train":
-            raise ValueError("replay_source needs init_from: train (it replays the train stage's data set beside its weights)")
         if source in ("train", "scratch") or source.lower().endswith(WEIGHT_SUFFIXES):
             return self
         if source.startswith("package:") and source.removeprefix("package:") in PACKAGED_MODELS:

@@ -96,11 +96,6 @@ def test_joint_head_starts_from_the_source_rows_and_is_cut_to_the_target_classes
     assert kept["head.weight"].shape == (1, 4) and kept["head.bias"].tolist() == [0.0] and kept["backbone.w"] is state["backbone.w"]
 
 
-def test_replay_source_needs_the_train_stage_as_the_source():
-    with pytest.raises(ValueError, match="replay_source needs init_from: train"):
-        FinetuneConfig(init_from="scratch", replay_source=100)
-
-
 # ------------------------------------------------------------------------------------ schedule
 def test_schedule_per_strategy():
     lr = 1.0
