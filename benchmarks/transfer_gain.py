@@ -122,13 +122,13 @@ def main() -> None:
             fit_spec, fit_split, fit_weights, head_rows = spec, split, None, None
             if cfg.replay_source:
                 replayed = replay_rows(*arrays(src_train, params, src_classes), cfg.replay_source, seed)
-                joint_train, joint, head_rows = with_replay(train, replayed, classes, src_classes)
+                joint_train, joint, head_rows, source_rows = with_replay(train, replayed, classes, src_classes)
                 fit_spec, fit_weights = ModelSpec(spec.backbone, spec.in_shape, joint, {}), balanced_weights(joint_train[1], len(joint))
                 fit_split = {"train": joint_train, **({"val": (x_test, np.array(head_rows)[y_test])} if args.curve else {})}
             torch.manual_seed(seed)  # the new head's initial weights, as the finetune stage seeds them
             init_state, _ = transfer_state(source.state, fit_spec.build(), ("head.", *fresh))
             if cfg.replay_source:
-                init_state = seed_joint_head(init_state, source.state, [joint.index(c) for c in src_classes])
+                init_state = seed_joint_head(init_state, source.state, source_rows)
             tuned = fit_classifier.fn(fit_split, fit_spec, cfg.optimizer, cfg.trainer, seed, fit_weights, init_state, 0.0,
                                       callbacks=[TransferSchedule(unfreeze_at, lrs, cfg.batchnorm)])
             if head_rows is not None:  # the joint head cut to the target classes

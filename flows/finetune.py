@@ -52,10 +52,10 @@ def replay_source(params: Params, arrays: dict, classes: list) -> tuple[dict, li
     source_classes = load_json(MODELS / "train" / "model.json")["classes"]  # the order of the source head's rows
     source_frame, _, _ = load_dataset(params, params.train.dataset)
     replayed = replay_rows(*to_arrays(source_frame, params.data, source_classes), params.finetune.replay_source, params.finetune.seed)
-    train, joint, target_rows = with_replay(arrays["train"], replayed, classes, source_classes)
+    train, joint, target_rows, source_rows = with_replay(arrays["train"], replayed, classes, source_classes)
     val = (arrays["val"][0], np.array(target_rows)[arrays["val"][1]])
     report = {"dataset": params.train.dataset, "rows": len(replayed[1]), "joint_classes": joint}
-    return {"train": train, "val": val}, joint, target_rows, [joint.index(c) for c in source_classes], report
+    return {"train": train, "val": val}, joint, target_rows, source_rows, report
 
 
 @flow(name="finetune")

@@ -71,15 +71,16 @@ def replay_rows(x: np.ndarray, y: np.ndarray, rows: int, seed: int) -> tuple[np.
 
 
 def with_replay(train: tuple[np.ndarray, np.ndarray], source: tuple[np.ndarray, np.ndarray], classes: list,
-                source_classes: list) -> tuple[tuple[np.ndarray, np.ndarray], list, list[int]]:
-    """(joint rows, joint classes, the target classes' rows in the joint head). `train` is indexed
-    into `classes`, `source` into `source_classes`; a class in both shares one row of the head."""
+                source_classes: list) -> tuple[tuple[np.ndarray, np.ndarray], list, list[int], list[int]]:
+    """(joint rows, joint classes, the target classes' rows and the source classes' rows in the joint
+    head). `train` is indexed into `classes`, `source` into `source_classes`; a class in both shares
+    one row of the head."""
     joint = list(source_classes) + [c for c in classes if c not in source_classes]
     target_rows = [joint.index(c) for c in classes]
-    source_rows = np.array([joint.index(c) for c in source_classes])
+    source_rows = [joint.index(c) for c in source_classes]
     x = np.concatenate([source[0], train[0]]).astype(train[0].dtype)
-    y = np.concatenate([source_rows[source[1]], np.array(target_rows)[train[1]]])
-    return (x, y), joint, target_rows
+    y = np.concatenate([np.array(source_rows)[source[1]], np.array(target_rows)[train[1]]])
+    return (x, y), joint, target_rows, source_rows
 
 
 def seed_joint_head(state: dict[str, torch.Tensor], source_state: dict[str, torch.Tensor], rows: list[int]) -> dict:

@@ -81,8 +81,8 @@ def test_replay_rows_takes_the_classes_in_turn_seeded():
 def test_with_replay_puts_source_then_target_classes_in_one_head():
     source = (np.zeros((3, 2), np.float32), np.array([0, 1, 1]))   # classes [0, 1]
     target = (np.ones((2, 2), np.float32), np.array([1, 0]))       # classes [1, 5]: 1 is shared
-    (x, y), joint, rows = with_replay(target, source, [1, 5], [0, 1])
-    assert joint == [0, 1, 5] and rows == [1, 2]
+    (x, y), joint, rows, source_rows = with_replay(target, source, [1, 5], [0, 1])
+    assert joint == [0, 1, 5] and rows == [1, 2] and source_rows == [0, 1]
     assert list(y) == [0, 1, 1, 2, 1] and x.shape == (5, 2) and x.dtype == np.float32
     assert balanced_weights(y, 3) == pytest.approx([5 / 3, 5 / 9, 5 / 3])
 
