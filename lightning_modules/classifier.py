@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_modules.epoch_means import EpochMeans
 from lightning_modules.optim import OPTIMIZERS, build_scheduler
 
 __all__ = ["Classifier", "OPTIMIZERS", "LOSS_TASK"]
@@ -22,7 +23,7 @@ __all__ = ["Classifier", "OPTIMIZERS", "LOSS_TASK"]
 LOSS_TASK = {"cross_entropy": "classification", "bce": "binary", "mse": "regression"}
 
 
-class Classifier(pl.LightningModule):
+class Classifier(EpochMeans, pl.LightningModule):
     def __init__(self, backbone: nn.Module, num_classes: int, optimizer: dict, backbone_lr_ratio: float = 1.0,
                  class_weights: list[float] | None = None, label_smoothing: float = 0.0, task: str = "classification"):
         super().__init__()
@@ -71,13 +72,13 @@ class Classifier(pl.LightningModule):
         out = self(x)
         loss = self.loss(out, y)
         name, value = self.metric(out, y)
-        # Epoch-level logging only: per-step logging (and its progress-bar refresh) costs ~1 ms a step.
-        self.log_dict({f"{stage}/loss": loss, f"{stage}/{name}": value}, on_step=False, on_epoch=True,
-                      batch_size=len(y), sync_dist=True)  # synced once an epoch, when the mean is computed
+        self.add_to_epoch(stage, {"loss": loss, name: value}, len(y))  # logged once an epoch (see epoch_means)
         return loss
 
     def training_step(self, batch, batch_idx):
         loss = self._shared_step(batch, "train")
+        if self.trainer.is_last_batch:
+            self.log_epoch("train")
         l1 = self.hparams.optimizer.get("l1", 0.0)
         if l1:  # L1 on weight matrices and kernels, not on biases or norm scales
             loss = loss + l1 * sum(p.abs().sum() for p in self.parameters() if p.requires_grad and p.dim() > 1)
@@ -88,6 +89,12 @@ class Classifier(pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._shared_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_epoch("test")
 
     def configure_optimizers(self):
         o = self.hparams.optimizer

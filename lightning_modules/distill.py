@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.classifier import OPTIMIZERS
+from lightning_modules.epoch_means import EpochMeans
 
 UNLABELLED = -1
 
@@ -36,7 +37,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return alpha * soft + (1 - alpha) * hard
 
 
-class Distiller(pl.LightningModule):
+class Distiller(EpochMeans, pl.LightningModule):
     def __init__(self, student: nn.Module, teacher: nn.Module | None, num_classes: int, optimizer: dict,
                  temperature: float = 4.0, alpha: float = 0.7, class_weights: list[float] | None = None):
         super().__init__()
@@ -70,14 +71,19 @@ class Distiller(pl.LightningModule):
                 teacher_logits = self.teacher(x)
         loss = distillation_loss(logits, teacher_logits, y, self.hparams.temperature, self.hparams.alpha, self.class_weights)
         agree = (logits.argmax(dim=1) == teacher_logits.argmax(dim=1)).float().mean()
-        self.log_dict({"train/loss": loss, "train/teacher_agreement": agree}, on_step=False, on_epoch=True, batch_size=len(y))
+        self.add_to_epoch("train", {"loss": loss, "teacher_agreement": agree}, len(y))
+        if self.trainer.is_last_batch:
+            self.log_epoch("train")
         return loss
 
     def validation_step(self, batch, batch_idx):
         x, y = batch  # the val split is fully labelled
         logits = self(x)
         acc = (logits.argmax(dim=1) == y).float().mean()
-        self.log_dict({"val/loss": F.cross_entropy(logits, y), "val/acc": acc}, on_step=False, on_epoch=True, batch_size=len(y))
+        self.add_to_epoch("val", {"loss": F.cross_entropy(logits, y), "acc": acc}, len(y))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_epoch("val")
 
     def configure_optimizers(self):
         o = self.hparams.optimizer

@@ -1,5 +1,7 @@
 """Training controls in plain torch + Lightning: schedules, losses, batches, on-the-fly augmentation."""
 
+from types import SimpleNamespace
+
 import lightning.pytorch as pl
 import numpy as np
 import pytest
@@ -77,7 +79,7 @@ def test_l1_penalty_raises_the_training_loss():
     for l1 in (0.0, 1.0):
         torch.manual_seed(0)
         module = Classifier(build_backbone({"kind": "mlp", "hidden": 4, "depth": 1}, (3,)), 3, ADAM | {"l1": l1})
-        module.log_dict = lambda *a, **k: None  # no trainer attached
+        module._trainer = SimpleNamespace(is_last_batch=False)  # a step mid-epoch, outside a Trainer
         losses.append(module.training_step((x, y), 0))
     assert losses[1] > losses[0] + 1.0
 
@@ -125,3 +127,27 @@ def test_on_the_fly_augmentation_runs_on_training_batches_only():
     pl.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False).fit(
         module, datamodule=ArrayDataModule(arrays, 16, augment={"mixup": 1.0, "rotation_deg": 10}))
     assert seen == {"train": (16, 3), "val": (16,)}
+
+
+@pytest.mark.parametrize("limit", [None, 2])
+def test_epoch_metrics_are_the_batch_size_weighted_means_of_the_epoch(limit):
+    # 40 rows in batches of 16: the last batch has 8, so a plain mean of batch means would differ
+    rng = np.random.default_rng(0)
+    arrays = {s: (rng.random((40, 4), dtype=np.float32), rng.integers(0, 3, 40)) for s in ("train", "val")}
+    seen = {"train": [], "val": []}
+
+    class Spy(Classifier):
+        def _shared_step(self, batch, stage):
+            loss = super()._shared_step(batch, stage)
+            seen[stage].append((float(loss), len(batch[1])))
+            return loss
+
+    module = Spy(build_backbone({"kind": "mlp", "hidden": 8, "depth": 1}, (4,)), 3, ADAM)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         limit_train_batches=limit, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=ArrayDataModule(arrays, 16, seed=0))
+    assert len(seen["train"]) == (limit or 3) and len(seen["val"]) == 3
+    for stage, rows in seen.items():
+        mean = sum(loss * n for loss, n in rows) / sum(n for _, n in rows)
+        assert float(trainer.callback_metrics[f"{stage}/loss"]) == pytest.approx(mean, rel=1e-5)
+    assert {"train/acc", "val/acc"} <= set(trainer.callback_metrics)

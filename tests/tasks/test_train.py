@@ -188,5 +188,5 @@ def test_ddp_on_two_cpu_processes_evaluates_like_one_process(tmp_path):
         network, _ = load_model(tmp_path / name / "model")
         with torch.inference_mode():
             accuracy[name] = float((network(test_x).argmax(1).numpy() == y[test]).mean())
-        assert len(result.history) == 8
+        assert len(result.history) == 8 and {"train/loss", "val/loss", "val/acc"} <= set(result.history[-1])
     assert accuracy["one"] > 0.8 and abs(accuracy["ddp"] - accuracy["one"]) < 0.05, accuracy

@@ -1,0 +1,43 @@
+"""Epoch-level metrics without Lightning's per-step logging cost.
+
+`self.log(..., on_epoch=True)` on every step costs about 2 ms a call on a CPU (Lightning walks its
+whole result collection each time): more than a small tabular model's entire training step, and
+the reason the train stage ran a small MLP at a third of a hand-written loop's speed. The mixin
+keeps the same figures, the batch-size-weighted mean of each value over the epoch, as one running
+tensor a stage and hands them to `self.log` once an epoch. Under DDP the sums are added across
+ranks before dividing, so every sample counts once, as Lightning's own `sync_dist` mean does.
+
+    class Model(EpochMeans, pl.LightningModule):
+        def training_step(self, batch, batch_idx):
+            ...
+            self.add_to_epoch("train", {"loss": loss, "acc": acc}, len(y))
+            if self.trainer.is_last_batch:
+                self.log_epoch("train")
+            return loss
+
+        def on_validation_epoch_end(self):
+            self.log_epoch("val")
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class EpochMeans:
+    def add_to_epoch(self, stage: str, values: dict[str, torch.Tensor], n: int) -> None:
+        """Add one batch of `n` samples: each value is that batch's mean."""
+        sums = self.__dict__.setdefault("_epoch_sums", {})
+        batch = torch.stack([v.detach().float() for v in values.values()])
+        row = torch.cat([batch * n, batch.new_tensor([n])])
+        names, total = sums.get(stage, (list(values), 0))
+        sums[stage] = (names, total + row)
+
+    def log_epoch(self, stage: str) -> None:
+        """Log `<stage>/<name>`: the epoch's weighted means; the sums start again."""
+        names, total = self.__dict__.setdefault("_epoch_sums", {}).pop(stage, (None, None))
+        if names is None:  # no batch of this stage ran this epoch
+            return
+        total = self.trainer.strategy.reduce(total, reduce_op="sum")  # DDP: all ranks' samples; one device: as is
+        self.log_dict({f"{stage}/{name}": total[i] / total[-1] for i, name in enumerate(names)},
+                      on_step=False, on_epoch=True, batch_size=1)
