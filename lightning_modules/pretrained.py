@@ -69,7 +69,11 @@ class EfficientNetLite0(nn.Module):
 
         if len(in_shape) != 3 or in_shape[0] not in (1, 3):
             raise ValueError(f"the efficientnet_lite0 backbone needs images with 1 or 3 channels (C, H, W), got shape {in_shape}")
-        self.net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+        # The package keeps TensorFlow's BatchNorm momentum (0.99, PyTorch's 0.01): fine-tuned on a new
+        # domain, the running statistics then stay ImageNet's for hundreds of steps while the weights
+        # move on, and evaluation (which uses them) lags far behind training. PyTorch's default (0.1)
+        # follows the data; the weights and statistics loaded are the same.
+        self.net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size, batch_norm_momentum=0.9)
         self.net._fc = nn.Identity()  # trainflow's classifier owns the head
         self.image_size = image_size
         self.out_features = self.net._bn1.num_features

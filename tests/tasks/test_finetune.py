@@ -255,6 +255,14 @@ def test_packaged_pretrained_weights_load_offline_into_the_adapter(package, in_s
     assert len(layer_groups(network.backbone)) > 3
 
 
+def test_the_imagenet_adapter_batchnorm_follows_the_new_data_at_pytorch_momentum():
+    # The package's own 0.01 left the running statistics ImageNet's through a whole fine-tune.
+    from lightning_modules.pretrained import EfficientNetLite0
+
+    norms = [m for m in EfficientNetLite0((1, 28, 28), image_size=32).modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum == pytest.approx(0.1) for m in norms)
+
+
 # ------------------------------------------------------------------------------------- resume
 class _Crash(Exception):
     pass
