@@ -50,7 +50,7 @@ def _r(value) -> float:
 
 @task
 def classification_metrics(probs: np.ndarray, y: np.ndarray, classes: list, bins: int = 10) -> dict:
-    p, t, k = torch.as_tensor(probs), torch.as_tensor(y), len(classes)
+    p, t, k = torch.tensor(probs), torch.tensor(y), len(classes)  # copies: y may be a read-only view of a Parquet column
     precision = multiclass_precision(p, t, num_classes=k, average=None)
     recall = multiclass_recall(p, t, num_classes=k, average=None)
     f1 = multiclass_f1_score(p, t, num_classes=k, average=None)
