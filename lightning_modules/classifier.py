@@ -77,8 +77,6 @@ class Classifier(EpochMeans, pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._shared_step(batch, "train")
-        if self.trainer.is_last_batch:
-            self.log_epoch("train")
         l1 = self.hparams.optimizer.get("l1", 0.0)
         if l1:  # L1 on weight matrices and kernels, not on biases or norm scales
             loss = loss + l1 * sum(p.abs().sum() for p in self.parameters() if p.requires_grad and p.dim() > 1)
@@ -89,12 +87,6 @@ class Classifier(EpochMeans, pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._shared_step(batch, "test")
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self.log_epoch("test")
 
     def configure_optimizers(self):
         o = self.hparams.optimizer

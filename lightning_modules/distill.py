@@ -72,8 +72,6 @@ class Distiller(EpochMeans, pl.LightningModule):
         loss = distillation_loss(logits, teacher_logits, y, self.hparams.temperature, self.hparams.alpha, self.class_weights)
         agree = (logits.argmax(dim=1) == teacher_logits.argmax(dim=1)).float().mean()
         self.add_to_epoch("train", {"loss": loss, "teacher_agreement": agree}, len(y))
-        if self.trainer.is_last_batch:
-            self.log_epoch("train")
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -81,10 +79,6 @@ class Distiller(EpochMeans, pl.LightningModule):
         logits = self(x)
         acc = (logits.argmax(dim=1) == y).float().mean()
         self.add_to_epoch("val", {"loss": F.cross_entropy(logits, y), "acc": acc}, len(y))
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_epoch("val")
-
     def configure_optimizers(self):
         o = self.hparams.optimizer
         params = [*self.backbone.parameters(), *self.head.parameters()]  # never the teacher's

@@ -8,16 +8,11 @@ keeps the same figures, the batch-size-weighted mean of each value over the epoc
 tensor a stage and hands them to `self.log` once an epoch. Under DDP the sums are added across
 ranks before dividing, so every sample counts once, as Lightning's own `sync_dist` mean does.
 
-    class Model(EpochMeans, pl.LightningModule):
+    class Model(EpochMeans, pl.LightningModule):   # the mixin first: its hooks below do the logging
         def training_step(self, batch, batch_idx):
             ...
-            self.add_to_epoch("train", {"loss": loss, "acc": acc}, len(y))
-            if self.trainer.is_last_batch:
-                self.log_epoch("train")
+            self.add_to_epoch("train", {"loss": loss, "acc": acc}, len(y))  # likewise "val", "test"
             return loss
-
-        def on_validation_epoch_end(self):
-            self.log_epoch("val")
 """
 
 from __future__ import annotations
@@ -42,3 +37,15 @@ class EpochMeans:
         total = self.trainer.strategy.reduce(total, reduce_op="sum")  # DDP: all ranks' samples; one device: as is
         self.log_dict({f"{stage}/{name}": total[i] / total[-1] for i, name in enumerate(names)},
                       on_step=False, on_epoch=True, batch_size=1)
+
+    # Lightning's hooks: train means after the epoch's last batch (still inside the epoch, so callbacks
+    # reading callback_metrics at on_train_epoch_end see them), val and test means at their epoch's end.
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.trainer.is_last_batch:
+            self.log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_epoch("test")
