@@ -23,6 +23,7 @@ PRELOAD = (  # order matters: lightning before prefect (see the logging pitfall)
     "sklearn.preprocessing sklearn.pipeline pandera.pandas prefect prefect.flows "
     "prefect.tasks prefect.flow_engine prefect.task_engine "
     "tabulate").split()  # tabulate: torch's atexit hook imports it in every child
+LIGHT = ("flows.summary",)  # stdlib-only commands: always run in-process
 FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 GRACE = 1.0  # seconds from SIGTERM to SIGKILL once a client has vanished
 
@@ -51,8 +52,9 @@ def _module_from_argv():
     argv = getattr(sys, "orig_argv", [])
     if len(argv) < 3 or argv[1] != "-m" or not argv[2].startswith(__package__ + "."):
         return None  # script, -c, or interpreter options (-u, -X, -W): can't replay them
-    # Stages only: the server helpers (flows._server, flows._warm) must not run in a fork.
-    return None if argv[2].startswith(__package__ + "._") else argv[2]
+    # Stages only: the server helpers (flows._server, flows._warm) must not run in a fork, and
+    # stdlib-only commands gain nothing from one (and must not start the server for nothing).
+    return None if argv[2].startswith(__package__ + "._") or argv[2] in LIGHT else argv[2]
 
 
 def _connect():

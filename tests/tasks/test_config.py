@@ -55,6 +55,6 @@ def test_every_dvc_params_key_exists_in_params_yaml(stage, key):
 def test_every_stage_cmd_is_a_flow_module():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
-        assert stage["cmd"] == f"python -m flows.{name}"
+        assert stage["cmd"] == f"python3 -m flows.{name}"
         assert (ROOT / "flows" / f"{name}.py").exists()
         assert f"flows/{name}.py" in stage["deps"], f"stage {name} must depend on its own code"
