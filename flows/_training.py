@@ -11,11 +11,28 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows._stage import AUGMENTED, MODELS, REPAIRED, REPORTS
 from tasks.config import Params
+from tasks.errors import UserError
 from tasks.io import load_frame, load_json, save_json, save_text
 from tasks.model_io import ModelSpec, save_model
 from tasks.train import FitResult, to_arrays
 
 CHECKPOINTS = Path("checkpoints")
+
+
+def require_a_commit(where: str) -> None:
+    """dvclive inside a git repository with no commit yet dies in `SCMError: Empty git repo`
+    (it asks git for HEAD): say so in one line, before any training. No git at all is fine."""
+    from scmrepo.exceptions import SCMError
+    from scmrepo.git import Git
+
+    try:
+        git = Git(search_parent_directories=True)
+    except SCMError:
+        return  # not inside a git repository: dvclive logs without one
+    with git:
+        if git.no_commits:
+            raise UserError(f"{where}: dvclive needs a first commit in the git repository at {git.root_dir}: "
+                            "run 'git add -A && git commit -m start', or set it to none")
 
 
 def load_dataset(params: Params, name: str):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows._stage import REPORTS, fails_cleanly, run_stage
-from flows._training import CHECKPOINTS, arrays_for, class_weights, epoch_progress, load_dataset, write_model
+from flows._training import CHECKPOINTS, arrays_for, class_weights, epoch_progress, load_dataset, require_a_commit, write_model
 from tasks.config import Params
 from tasks.errors import UserError
 from tasks.model_io import ModelSpec
@@ -22,6 +22,8 @@ from tasks.train import LOSS_TASK, backbone_spec, fit_classifier, input_shape, p
 def train(params: Params) -> dict:
     cfg, data = params.train, params.data
     print(preflight(cfg.trainer, "train.trainer"))
+    if cfg.trainer.logger == "dvclive":
+        require_a_commit("train.trainer.logger")
     train_frame, val_frame, classes = load_dataset(params, cfg.dataset)
     task = LOSS_TASK[cfg.loss]
     if task == "binary" and len(classes) != 2:

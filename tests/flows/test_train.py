@@ -81,3 +81,20 @@ def test_an_absent_gpu_fails_the_stage_with_one_line(prepared, monkeypatch):
     state = train(_params(trainer={"accelerator": "gpu"}), return_state=True)
     assert state.is_failed()
     assert state.message == "train.trainer.accelerator: asked for gpu, found no GPU; set accelerator: auto or cpu"
+
+
+def test_dvclive_in_a_git_repository_without_a_commit_is_one_clear_line(tmp_path, monkeypatch):
+    import subprocess
+
+    from flows._training import require_a_commit
+    from tasks.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    require_a_commit("train.trainer.logger")  # no git at all: dvclive logs without one
+    subprocess.run(["git", "init", "-q"], check=True)
+    with pytest.raises(UserError, match=r"^train.trainer.logger: dvclive needs a first commit .*git commit -m start"):
+        require_a_commit("train.trainer.logger")
+    (tmp_path / "a.txt").write_text("a")
+    subprocess.run(["git", "add", "a.txt"], check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "start"], check=True)
+    require_a_commit("train.trainer.logger")

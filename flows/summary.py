@@ -1,0 +1,151 @@
+"""The end of a run in five seconds: what each stage did, the headline, the gate, where to look.
+
+Reads the stage reports under reports/ (whichever stages this project has) and, for the transfer
+headline over seeds, benchmarks/results/transfer_gain.json when it was measured with these params.
+Writes nothing. `make run` prints it after `dvc repro`; `dvc metrics show` still lists every metric.
+
+    python3 -m flows.summary [--width N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+REPORTS = Path("reports")
+STUDY = Path("benchmarks") / "results" / "transfer_gain.json"
+MAX_WIDTH = 119  # never wider than this, whatever the terminal says
+# The params a few-label study depends on, less the two it varies (see benchmarks/transfer_gain.py).
+STUDY_SECTIONS = ("data", "ingest", "validate", "repair", "augment", "train", "finetune")
+STUDY_VARIES = ("seed", "labels_per_class", "baseline")
+
+
+def _load(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _splits(counts: dict) -> str:
+    return "/".join(str(counts.get(s, 0)) for s in ("train", "val", "test"))
+
+
+def study_digest(params: dict) -> str:
+    """Which params a study's figures hold for: every section it depends on, less what it varies."""
+    picked = {k: params.get(k) for k in STUDY_SECTIONS}
+    picked["finetune"] = {k: v for k, v in (picked["finetune"] or {}).items() if k not in STUDY_VARIES}
+    return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _stage_lines(reports: Path) -> list[tuple[str, str]]:
+    lines = []
+    if ingest := _load(reports / "ingest.json"):
+        parts = ", ".join(f"{name} {_splits(c)}" for name, c in ingest["datasets"].items())
+        lines.append(("ingest", f"{ingest['rows']} rows, split train/val/test: {parts}"))
+    if validate := _load(reports / "validate" / "metrics.json"):
+        rows = sum(v["rows"] for v in validate.values())
+        bad = sum(v["quarantined"] for v in validate.values())
+        lines.append(("validate", f"{rows} rows checked, {bad} quarantined"
+                                  + (" (why: reports/validate/report.md)" if bad else "")))
+    if repair := _load(reports / "repair" / "summary.json"):
+        splits = [s for dataset in repair.values() for s in dataset.values()]
+        cells = sum(sum(s.get("changes", {}).values()) for s in splits)
+        text = (f"{cells} changes recorded in the ledger: {sum(s['missing_before'] for s in splits)} missing cells, "
+                f"{sum(s['clipped_values'] for s in splits)} clipped, {sum(s['rows_dropped'] for s in splits)} rows dropped, "
+                f"{sum(s['rows_added'] for s in splits)} added")
+        lines.append(("repair", text))
+    if augment := _load(reports / "augment.json"):
+        parts = ", ".join(f"{name} {c['rows_before']} -> {c['rows_after']}" for name, c in augment.items())
+        lines.append(("augment", f"train rows {parts}"))
+    for stage, name in (("train", "train"), ("finetune", "finetune")):
+        history = reports / stage / f"{name}_history.csv"
+        metrics = _load(reports / stage / f"{name}_metrics.json")
+        if metrics is None:
+            continue
+        epochs = max(0, len(history.read_text().splitlines()) - 1) if history.exists() else 0
+        shown = ", ".join(f"{k.replace('_', '/', 1)} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+        text = f"{epochs} epochs, {shown}" if shown else f"{epochs} epochs"
+        if stage == "finetune" and (transfer := _load(reports / "finetune" / "transfer.json")):
+            text = f"from {transfer.get('init_from')} ({transfer.get('strategy')}), {text}"
+        lines.append((stage, text))
+    return lines
+
+
+def _headline(reports: Path, params: dict | None) -> list[tuple[str, str]]:
+    scores = _load(reports / "evaluate" / "metrics.json")
+    if not scores:
+        return []
+    named = [(k, v) for k, v in scores.items() if isinstance(v, (int, float)) and k != "samples"
+             and not k.startswith(("scratch_", "gain_"))]
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in named[:3])
+    lines = [("evaluate", f"test ({scores.get('samples', '?')} rows): {shown}")]
+    if "scratch_accuracy" in scores and "accuracy" in scores:
+        gain = 100 * (scores["accuracy"] - scores["scratch_accuracy"])
+        lines.append(("", f"vs from scratch on the same labels and budget: accuracy {scores['scratch_accuracy']:.3f}, "
+                          f"gain {gain:+.1f} points at this seed"))
+        lines += _over_seeds(params)
+    if gate := _load(reports / "evaluate" / "gate.json"):
+        lines.append(("gate", f"{'PROMOTED' if gate['promoted'] else 'NOT promoted'}: {gate['reason']}"))
+    return lines
+
+
+def _over_seeds(params: dict | None) -> list[tuple[str, str]]:
+    """The gain over seeds, from the few-label study, when it was measured with these very params."""
+    study = _load(STUDY)
+    if not study or not params:
+        return []
+    budget = study.get("budgets", {}).get(str(params.get("finetune", {}).get("labels_per_class")))
+    if budget is None or study.get("params_digest") != study_digest(params):
+        return [("", f"gain over seeds: not measured for these params (python3 benchmarks/transfer_gain.py --record)")]
+    gains = [100 * g for g in budget["gains"]]
+    return [("", f"gain over {len(gains)} seeds ({STUDY}): {sum(gains) / len(gains):+.1f} points mean, "
+                 f"range {min(gains):+.1f} to {max(gains):+.1f}")]
+
+
+def _compress(reports: Path) -> list[tuple[str, str]]:
+    metrics = _load(reports / "compress" / "metrics.json")
+    if not metrics:
+        return []
+    text = (f"chose {metrics['chosen']}: accuracy {metrics['accuracy_before']:.3f} -> {metrics['accuracy_after']:.3f}, "
+            f"{metrics['size_reduction']:.2f}x smaller; ONNX max |diff| {metrics['onnx_max_abs_diff']:.1e}")
+    return [("compress", text)]
+
+
+def summary(reports: Path = REPORTS, params: dict | None = None) -> list[str]:
+    """The lines to print (not yet cut to a width)."""
+    rows = _stage_lines(reports) + _headline(reports, params) + _compress(reports)
+    if not rows:
+        return ["No stage reports yet under reports/: run 'make run' (or 'dvc repro')."]
+    lines = ["trainflow: what this run built"] + [f"  {stage:<9} {text}" for stage, text in rows]
+    where = ["Report: reports/evaluate/report.md   Figures: reports/evaluate/figures/   Models: models/"
+             if (reports / "evaluate").exists() else "Reports: reports/   Models: models/",
+             "Every metric: dvc metrics show   Runs in the Prefect UI: make ui, then http://127.0.0.1:4200"]
+    return lines + where
+
+
+def fit(line: str, width: int) -> str:
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m flows.summary", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--width", type=int, default=min(shutil.get_terminal_size((MAX_WIDTH, 24)).columns, MAX_WIDTH))
+    args = parser.parse_args(argv)
+    import yaml  # the params decide whether the recorded seeds study applies
+
+    try:
+        params = yaml.safe_load(Path("params.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        params = None
+    for line in summary(REPORTS, params if isinstance(params, dict) else None):
+        print(fit(line, max(args.width, 40)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
