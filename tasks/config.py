@@ -8,21 +8,25 @@ no task, module or datamodule opens YAML or reads environment variables.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import UserError
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
+SplitFraction = Annotated[float, Field(gt=0, lt=1)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `.inf`, `.nan` are refused everywhere (an infinite learning rate trained a
+    # NaN model; a NaN bound made every row invalid).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -76,8 +80,9 @@ class SourceConfig(Strict):
 class SplitConfig(Strict):
     """One stratified, seeded split of each data set, before anything is fitted. val + test must stay below 0.9."""
 
-    val: Fraction = Field(0.15, description="Fraction of the rows held out for validation.")
-    test: Fraction = Field(0.2, description="Fraction of the rows held out for the test split.")
+    # Above 0: a split of 0 rows leaves evaluation (or early stopping) nothing to score.
+    val: SplitFraction = Field(0.15, description="Fraction of the rows held out for validation.")
+    test: SplitFraction = Field(0.2, description="Fraction of the rows held out for the test split.")
     seed: int = Field(42, description="Seed of the split.")
 
     @model_validator(mode="after")
@@ -113,6 +118,16 @@ class ColumnSchema(Strict):
     missing_values: list[Scalar] = Field(
         default_factory=list, description="Sentinels meaning \"missing\" in this column (e.g. -999): turned into missing "
                                           "values and counted.")
+
+    @field_validator("regex")
+    @classmethod
+    def _regex_compiles(cls, regex: str | None) -> str | None:
+        if regex is not None:  # here, not in validate: pandera's error names neither the column nor the key
+            try:
+                re.compile(regex)
+            except re.error as e:
+                raise ValueError(f"not a valid regular expression ({e})") from None
+        return regex
 
     @model_validator(mode="after")
     def _range_is_ordered(self) -> ColumnSchema:

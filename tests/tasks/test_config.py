@@ -30,6 +30,19 @@ def test_bad_value_names_key_given_and_allowed():
         parse_params({"train": {"optimizer": {"name": "adamm"}}})
 
 
+@pytest.mark.parametrize(("raw", "expected"), [
+    ({"train": {"optimizer": {"lr": float("inf")}}}, r"^params\.yaml: train\.optimizer\.lr: got inf; input should be a finite number$"),
+    ({"validate": {"schema": {"columns": {"x": {"ge": float("nan")}}}}}, r"^params\.yaml: validate\.schema\.columns\.x\.ge: got nan; .*finite"),
+    ({"ingest": {"split": {"test": 0}}}, r"^params\.yaml: ingest\.split\.test: got 0; input should be greater than 0$"),
+    ({"ingest": {"split": {"val": 1}}}, r"^params\.yaml: ingest\.split\.val: got 1; input should be less than 1$"),
+    ({"validate": {"schema": {"columns": {"code": {"dtype": "str", "regex": "[A-Z"}}}}},
+     r"^params\.yaml: validate\.schema\.columns\.code\.regex: got '\[A-Z'; not a valid regular expression \(unterminated"),
+])
+def test_settings_that_cannot_hold_are_refused_when_params_load(raw, expected):
+    with pytest.raises(ConfigError, match=expected):
+        parse_params(raw)
+
+
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_params(tmp_path / "nope.yaml")
