@@ -8,6 +8,11 @@ keeps the same figures, the batch-size-weighted mean of each value over the epoc
 tensor a stage and hands them to `self.log` once an epoch. Under DDP the sums are added across
 ranks before dividing, so every sample counts once, as Lightning's own `sync_dist` mean does.
 
+A training run that diverged stops here with `tasks.errors.TrainingDiverged` (a one-line user error):
+at the end of the first epoch whose mean training loss is NaN or infinite (before that epoch is
+validated or checkpointed), or when training ends with weights that are not finite (a last step that
+diverged). Both look at the host once, at the end of an epoch or of training: no per-step cost.
+
     class Model(EpochMeans, pl.LightningModule):   # the mixin first: its hooks below do the logging
         def training_step(self, batch, batch_idx):
             ...
@@ -18,6 +23,9 @@ ranks before dividing, so every sample counts once, as Lightning's own `sync_dis
 from __future__ import annotations
 
 import torch
+
+# The project's user error, so a diverged run ends its stage on one line (tasks/errors.py imports no project module).
+from tasks.errors import diverged
 
 
 class EpochMeans:
@@ -35,8 +43,12 @@ class EpochMeans:
         if names is None:  # no batch of this stage ran this epoch
             return
         total = self.trainer.strategy.reduce(total, reduce_op="sum")  # DDP: all ranks' samples; one device: as is
-        self.log_dict({f"{stage}/{name}": total[i] / total[-1] for i, name in enumerate(names)},
-                      on_step=False, on_epoch=True, batch_size=1)
+        means = {f"{stage}/{name}": total[i] / total[-1] for i, name in enumerate(names)}
+        # Every rank sees the same reduced loss, so all of them stop together (none waits in a collective).
+        if stage == "train" and "train/loss" in means and not torch.isfinite(means["train/loss"]):
+            raise diverged(f"stopped at epoch {self.current_epoch + 1} of {self.trainer.max_epochs}: "
+                           f"the mean training loss is {float(means['train/loss'])}")
+        self.log_dict(means, on_step=False, on_epoch=True, batch_size=1)
 
     # Lightning's hooks: train means after the epoch's last batch (still inside the epoch, so callbacks
     # reading callback_metrics at on_train_epoch_end see them), val and test means at their epoch's end.
@@ -49,3 +61,11 @@ class EpochMeans:
 
     def on_test_epoch_end(self) -> None:
         self.log_epoch("test")
+
+    def on_train_end(self) -> None:
+        # Each loss is computed before its step, so no loss shows what the run's last step did to the
+        # weights (with one batch an epoch, that is a whole epoch's training).
+        tensors = [t for t in (*self.parameters(), *self.buffers()) if t.is_floating_point()]
+        if tensors and not torch.stack([torch.isfinite(t).all() for t in tensors]).all():
+            raise diverged(f"ended at epoch {self.current_epoch} of {self.trainer.max_epochs} "
+                           "with weights that are not finite")

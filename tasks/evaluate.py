@@ -6,6 +6,10 @@ calibration error, a confusion table, micro-averaged ROC and precision-recall cu
 reliability table; regression: MSE, MAE, R2. Slices score the same predictions on subsets of the
 test rows (a class, a column's value). tasks/figures.py draws the PNGs; flows/evaluate.py writes
 everything as DVC metrics and plots and publishes it as Prefect artifacts.
+
+A model that outputs NaN or infinity (it diverged in training, or a test input is not finite)
+scores NaN, and `nonfinite_rows` counts those rows: torchmetrics would rank a NaN row as class 0
+and report a plausible accuracy, which the promotion gate would then believe.
 """
 
 from __future__ import annotations
@@ -48,8 +52,19 @@ def _r(value) -> float:
     return round(float(value), 6)
 
 
+def _nonfinite_rows(values: np.ndarray) -> np.ndarray:
+    """A boolean per row: some output of that row is NaN or infinite."""
+    return ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+
+
 @task
 def classification_metrics(probs: np.ndarray, y: np.ndarray, classes: list, bins: int = 10) -> dict:
+    bad = int(_nonfinite_rows(probs).sum())
+    if bad:  # every score is undefined; the supports still say what the test rows were
+        nan = float("nan")
+        return {"accuracy": nan, "macro_f1": nan, "roc_auc": nan, "ece": nan, "samples": int(len(y)), "nonfinite_rows": bad,
+                "per_class": {str(c): {"precision": nan, "recall": nan, "f1": nan, "roc_auc": nan, "support": int((y == i).sum())}
+                              for i, c in enumerate(classes)}}
     p, t, k = torch.tensor(probs), torch.tensor(y), len(classes)  # copies: y may be a read-only view of a Parquet column
     precision = multiclass_precision(p, t, num_classes=k, average=None)
     recall = multiclass_recall(p, t, num_classes=k, average=None)
@@ -71,8 +86,10 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, classes: list, bins
 @task
 def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict:
     p, t = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
-    return {"mse": _r(mean_squared_error(p, t)), "mae": _r(mean_absolute_error(p, t)),
-            "r2": _r(r2_score(p, t)) if len(t) > 1 else None, "samples": int(len(t))}
+    metrics = {"mse": _r(mean_squared_error(p, t)), "mae": _r(mean_absolute_error(p, t)),
+               "r2": _r(r2_score(p, t)) if len(t) > 1 else None, "samples": int(len(t))}
+    bad = int(_nonfinite_rows(pred).sum())
+    return (metrics | {"nonfinite_rows": bad}) if bad else metrics  # their errors made the scores NaN or inf already
 
 
 def headline(metrics: dict) -> dict:
@@ -141,7 +158,7 @@ def confusion_rows(y: np.ndarray, pred: np.ndarray, classes: list) -> pd.DataFra
 def slice_metrics(probs: np.ndarray, y: np.ndarray, frame: pd.DataFrame, slices: list[SliceConfig], classes: list) -> list[dict]:
     """Accuracy (and macro-F1 over the classes present) on each declared slice of the test rows."""
     rows = []
-    pred = probs.argmax(axis=1)
+    pred, bad = probs.argmax(axis=1), _nonfinite_rows(probs)  # argmax ranks NaN first: such a row's class means nothing
     for s in slices:
         if s.column not in frame:
             raise UserError(f"evaluate.slices: column '{s.column}' is not in the test split (columns: {', '.join(list(frame.columns)[:8])}, ...)")
@@ -151,7 +168,9 @@ def slice_metrics(probs: np.ndarray, y: np.ndarray, frame: pd.DataFrame, slices:
             mask = column == value
             n = int(mask.sum())
             row = {"slice": f"{s.column}={value}", "rows": n, "accuracy": None, "macro_f1": None}
-            if n:
+            if n and bad[mask].any():
+                row["accuracy"] = row["macro_f1"] = float("nan")
+            elif n:
                 present = np.unique(y[mask])
                 row["accuracy"] = _r((pred[mask] == y[mask]).mean())
                 row["macro_f1"] = _r(multiclass_f1_score(torch.as_tensor(pred[mask]), torch.as_tensor(y[mask]),
@@ -161,6 +180,10 @@ def slice_metrics(probs: np.ndarray, y: np.ndarray, frame: pd.DataFrame, slices:
 
 
 # ------------------------------------------------------------------------------------- report
+def _cell(value: float) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)  # a count (nonfinite_rows) stays a count
+
+
 def report_markdown(metrics: dict, baseline: dict | None, model_path: str, slices: list[dict], gate: dict | None) -> str:
     lines = ["# Evaluation report", "", f"Model: `{model_path}`; test samples: {metrics['samples']}", ""]
     if gate is not None:
@@ -170,7 +193,7 @@ def report_markdown(metrics: dict, baseline: dict | None, model_path: str, slice
     lines += ["| metric | model |" + (" from scratch |" if baseline else ""), "|---|---:|" + ("---:|" if baseline else "")]
     for name in names:
         other = baseline.get(name) if baseline else None
-        lines.append(f"| {name} | {metrics[name]:.4f} |" + ((f" {other:.4f} |" if other is not None else " |") if baseline else ""))
+        lines.append(f"| {name} | {_cell(metrics[name])} |" + ((f" {_cell(other)} |" if other is not None else " |") if baseline else ""))
     if "per_class" in metrics:
         lines += ["", "| class | precision | recall | F1 | ROC-AUC | support |", "|---|---:|---:|---:|---:|---:|"]
         for c, v in metrics["per_class"].items():

@@ -10,12 +10,15 @@ stage output, much as a model registry keeps it in git tags.
 `judge()` is pure: metrics, thresholds and the champion in; a machine-readable verdict out
 (`promoted`, a one-line `reason`, one entry per check). flows/evaluate.py writes it to
 reports/evaluate/gate.json, the terminal and Prefect; the scheduled flow pushes only a model
-whose gate.json says `"promoted": true`.
+whose gate.json says `"promoted": true`. A model with any metric that is NaN or infinite (it
+diverged in training, or the test inputs were not finite) is never promoted, whatever the
+thresholds say: a comparison with such a number means nothing (-inf passes any maximum).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -48,8 +51,16 @@ def judge(metrics: dict, cfg: GateConfig, champion: dict | None) -> dict:
             passed = value <= bound if lower else value >= bound
             checks.append({"check": f"{name} no worse than the champion ({best})", "metric": name, "value": value,
                            "needs": f"{'<=' if lower else '>='} {bound}", "passed": passed})
+    broken = not_finite(metrics)
+    for check in checks:  # no comparison with NaN or inf passes, not even inf >= bound
+        check["passed"] = check["passed"] and check["metric"] not in broken
+    checks = [{"check": f"{name} is finite", "metric": name, "value": value, "needs": "a finite number", "passed": False}
+              for name, value in broken.items()] + checks
     failed = [c for c in checks if not c["passed"]]
-    if failed:
+    if broken:  # the other failures compared numbers that mean nothing: not worth a word
+        reason = (f"metrics not finite: {', '.join(f'{name} {value}' for name, value in broken.items())} "
+                  "(the model diverged in training, or the test inputs are not finite)")
+    elif failed:
         reason = "; ".join(f"{c['metric']} {c['value']} fails {c['check']}" for c in failed)
     elif champion is None:
         reason = f"all {len(checks)} threshold checks passed; no champion yet, this model becomes it"
@@ -67,6 +78,12 @@ def _metric(metrics: dict, name: str, where: str) -> float:
     return float(value)
 
 
+def not_finite(metrics: dict) -> dict[str, float]:
+    """The numeric metrics that are NaN or infinite, by name."""
+    return {k: v for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v)}
+
+
 def weights_digest(model_dir: Path) -> str:
     return hashlib.sha256((Path(model_dir) / "model.safetensors").read_bytes()).hexdigest()
 
@@ -78,6 +95,9 @@ def load_champion(cfg: GateConfig) -> dict | None:
 
 def promote(metrics: dict, model_dir: Path, cfg: GateConfig) -> dict:
     """Record the evaluated model as the champion (only called when the gate passed)."""
+    broken = not_finite(metrics)
+    if broken:  # judge() never passes such a model; a caller that skipped it must not crown it either
+        raise UserError(f"gate: not promoting {model_dir}: metrics not finite ({', '.join(f'{k} {v}' for k, v in broken.items())})")
     record = {"metrics": metrics, "model": str(model_dir), "weights_sha256": weights_digest(model_dir),
               "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     save_json(record, Path(cfg.champion) / "metrics.json")

@@ -64,3 +64,21 @@ def test_slices_per_column_value_and_per_class():
     with pytest.raises(UserError, match="column 'region'"):
         slice_metrics.fn(probs, y, frame, [SliceConfig(column="region")], [0, 1])
     assert "| site=a | 2 | 0.500 |" in report_markdown(classification_metrics.fn(probs, y, [0, 1]), None, "m", rows, None)
+
+
+def test_a_model_that_outputs_nan_scores_nan_not_a_plausible_accuracy():
+    # torchmetrics ranks a NaN row as class 0: here that would be a 0.5 accuracy from a model that predicts nothing
+    probs = np.array([[np.nan, np.nan], [.2, .8], [.8, .2], [.4, .6]], dtype=np.float32)
+    y = np.array([0, 1, 1, 0])
+    m = classification_metrics.fn(probs, y, ["a", "b"])
+    assert m["nonfinite_rows"] == 1 and m["samples"] == 4
+    assert all(np.isnan(m[k]) for k in ("accuracy", "macro_f1", "roc_auc", "ece"))
+    assert np.isnan(m["per_class"]["a"]["f1"]) and m["per_class"]["a"]["support"] == 2
+    rows = slice_metrics.fn(probs, y, pd.DataFrame({"g": ["x", "x", "y", "y"]}), [SliceConfig(column="g")], ["a", "b"])
+    assert np.isnan(rows[0]["accuracy"]) and rows[1]["accuracy"] == 0.0  # only the slice holding the NaN row
+    report = report_markdown(m, None, "models/train", rows, None)  # the report says nan rather than crashing
+    assert "| accuracy | nan |" in report and "| nonfinite_rows | 1 |" in report
+    assert curves_png({}, roc_curve(probs, y), pr_curve(probs, y), "t")[:4] == b"\x89PNG"
+    regression = regression_metrics.fn(np.array([1.0, np.inf, 3.0]), np.array([1.0, 2.0, 5.0]))
+    assert regression["nonfinite_rows"] == 1 and regression["mse"] == np.inf
+    assert "nonfinite_rows" not in classification_metrics.fn(probs[1:], y[1:], ["a", "b"])  # a sound model's metrics as before

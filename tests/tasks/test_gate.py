@@ -53,3 +53,29 @@ def test_fails_against_the_champion_and_leaves_it_untouched(tmp_path):
 def test_an_unknown_metric_in_the_gate_is_a_user_error():
     with pytest.raises(UserError, match=r"evaluate.gate.min.auc: .*no metric 'auc' \(available: accuracy\)"):
         judge.fn({"accuracy": 0.9}, GateConfig(min={"auc": 0.9}), None)
+
+
+@pytest.mark.parametrize(("metrics", "named"), [
+    ({"accuracy": float("nan"), "ece": 0.05}, "accuracy nan"),  # NaN fails a minimum anyway: the reason must say why
+    ({"accuracy": 0.9, "ece": float("-inf")}, "ece -inf"),  # -inf passes any maximum
+    ({"accuracy": 0.9, "ece": 0.05, "scratch_accuracy": float("inf")}, "scratch_accuracy inf"),  # in no check at all
+])
+def test_a_metric_that_is_not_finite_is_never_promoted_and_the_reason_names_it(tmp_path, metrics, named):
+    cfg = GateConfig(min={"accuracy": 0.8}, max={"ece": 0.1}, champion=tmp_path / "champion")
+    verdict = judge.fn(metrics, cfg, None)
+    assert not verdict["promoted"]
+    assert verdict["reason"].startswith(f"metrics not finite: {named} ")
+    assert {"check": f"{named.split()[0]} is finite", "passed": False}.items() <= verdict["checks"][0].items()
+    assert all(not c["passed"] for c in verdict["checks"] if c["metric"] == named.split()[0])
+    with pytest.raises(UserError, match=f"not promoting .*metrics not finite \\({named}\\)"):
+        promote(metrics, _model(tmp_path / "m", 1.0), cfg)  # even a caller that skips judge() crowns nothing
+    assert load_champion(cfg) is None
+
+
+def test_a_diverged_model_leaves_the_champion_alone(tmp_path):
+    cfg = GateConfig(min={"accuracy": 0.5}, vs_champion=["accuracy"], champion=tmp_path / "champion")
+    promote({"accuracy": 0.9}, _model(tmp_path / "first", 1.0), cfg)
+    before = (tmp_path / "champion" / "metrics.json").read_bytes()
+    verdict = judge.fn({"accuracy": float("nan"), "samples": 100}, cfg, load_champion(cfg))
+    assert not verdict["promoted"] and verdict["reason"].startswith("metrics not finite: accuracy nan ")
+    assert (tmp_path / "champion" / "metrics.json").read_bytes() == before

@@ -161,6 +161,44 @@ def test_restore_best_and_early_stopping(tmp_path):
     assert len(losses) == 4 or losses[-1] >= min(losses[:-1])  # stopped only after a worse epoch
 
 
+# -------------------------------------------------------------------------------- divergence
+HINT = ("; likely cause: learning rate too high or inputs not finite: lower train.optimizer.lr, "
+        "set train.trainer.gradient_clip_val, check the data")
+
+
+def test_a_huge_learning_rate_stops_at_the_first_nan_epoch_with_one_line(tmp_path):
+    # (params refuse an lr of .inf; 1e30 is finite and takes the weights past float32 in two steps)
+    with pytest.raises(UserError) as error:
+        fit_classifier.fn(_digits(200), _spec("mlp"), OptimizerConfig(lr=1e30), _trainer(max_epochs=3), seed=0,
+                          checkpoint_dir=tmp_path)
+    assert str(error.value) == "training stopped at epoch 1 of 3: the mean training loss is nan" + HINT
+    # stopped before the epoch was validated or checkpointed: a rerun cannot resume from NaN weights
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_inputs_that_are_not_finite_stop_training_too():
+    arrays = _digits(200)
+    x, y = arrays["train"]
+    x = x.copy()
+    x[5, 0, 3, 3] = np.inf  # one pixel of one image
+    with pytest.raises(UserError, match=r"^training stopped at epoch 1 of 2: the mean training loss is nan; "):
+        fit_classifier.fn(arrays | {"train": (x, y)}, _spec("mlp"), OptimizerConfig(), _trainer(max_epochs=2), seed=0)
+
+
+def test_weights_that_diverged_in_the_last_step_stop_the_run():
+    import lightning.pytorch as pl
+
+    class LastStepDiverges(pl.Callback):  # what a step that overflows leaves behind, after its (finite) loss
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if trainer.is_last_batch:
+                module.head.bias.data.fill_(float("nan"))
+
+    with pytest.raises(UserError) as error:
+        fit_classifier.fn(_digits(200), _spec("mlp"), OptimizerConfig(), _trainer(max_epochs=1), seed=0,
+                          callbacks=[LastStepDiverges()])
+    assert str(error.value) == "training ended at epoch 1 of 1 with weights that are not finite" + HINT
+
+
 @pytest.mark.parametrize("kind", ["rnn", "transformer"])
 def test_new_backbones_round_trip_through_safetensors_and_json(tmp_path, kind):
     spec = _spec(kind)
@@ -190,3 +228,22 @@ def test_ddp_on_two_cpu_processes_evaluates_like_one_process(tmp_path):
             accuracy[name] = float((network(test_x).argmax(1).numpy() == y[test]).mean())
         assert len(result.history) == 8 and {"train/loss", "val/loss", "val/acc"} <= set(result.history[-1])
     assert accuracy["one"] > 0.8 and abs(accuracy["ddp"] - accuracy["one"]) < 0.05, accuracy
+
+
+@pytest.mark.parametrize(("flow", "task", "says"), [
+    ("finetune", "fit_from_scratch", "fine-tuning stopped at epoch 2 of 20: x; likely cause: learning rate too high or inputs "
+     "not finite: lower finetune.optimizer.lr, set finetune.trainer.gradient_clip_val, check the data"),
+    ("compress", "prune_candidate", "the pruning fine-tune stopped at epoch 2 of 20: x; likely cause: learning rate too high or "
+     "inputs not finite: lower compress.prune_optimizer.lr, set compress.prune_trainer.gradient_clip_val, check the data"),
+])
+def test_the_divergence_line_names_the_params_of_the_stage_that_trains(monkeypatch, flow, task, says):
+    from types import SimpleNamespace
+
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    from tasks.errors import TrainingDiverged, diverged
+
+    monkeypatch.setattr(FlowRunContext, "get", classmethod(lambda cls: SimpleNamespace(flow=SimpleNamespace(name=flow))))
+    monkeypatch.setattr(TaskRunContext, "get", classmethod(lambda cls: SimpleNamespace(task=SimpleNamespace(name=task))))
+    error = diverged("stopped at epoch 2 of 20: x")
+    assert isinstance(error, TrainingDiverged) and isinstance(error, UserError) and str(error) == says
