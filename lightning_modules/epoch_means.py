@@ -8,7 +8,7 @@ keeps the same figures, the batch-size-weighted mean of each value over the epoc
 tensor a stage and hands them to `self.log` once an epoch. Under DDP the sums are added across
 ranks before dividing, so every sample counts once, as Lightning's own `sync_dist` mean does.
 
-A training run that diverged stops here with `tasks.errors.TrainingDiverged` (a one-line user error):
+A training run that diverged stops here with `Diverged` (tasks/ turns it into the stage's one line):
 at the end of the first epoch whose mean training loss is NaN or infinite (before that epoch is
 validated or checkpointed), or when training ends with weights that are not finite (a last step that
 diverged). Both look at the host once, at the end of an epoch or of training: no per-step cost.
@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import torch
 
-# The project's user error, so a diverged run ends its stage on one line (tasks/errors.py imports no project module).
-from tasks.errors import diverged
+
+class Diverged(FloatingPointError):
+    """The loss or the weights went to NaN or infinity: nothing after this point is worth keeping."""
 
 
 class EpochMeans:
@@ -46,7 +47,7 @@ class EpochMeans:
         means = {f"{stage}/{name}": total[i] / total[-1] for i, name in enumerate(names)}
         # Every rank sees the same reduced loss, so all of them stop together (none waits in a collective).
         if stage == "train" and "train/loss" in means and not torch.isfinite(means["train/loss"]):
-            raise diverged(f"stopped at epoch {self.current_epoch + 1} of {self.trainer.max_epochs}: "
+            raise Diverged(f"stopped at epoch {self.current_epoch + 1} of {self.trainer.max_epochs}: "
                            f"the mean training loss is {float(means['train/loss'])}")
         self.log_dict(means, on_step=False, on_epoch=True, batch_size=1)
 
@@ -67,5 +68,5 @@ class EpochMeans:
         # weights (with one batch an epoch, that is a whole epoch's training).
         tensors = [t for t in (*self.parameters(), *self.buffers()) if t.is_floating_point()]
         if tensors and not torch.stack([torch.isfinite(t).all() for t in tensors]).all():
-            raise diverged(f"ended at epoch {self.current_epoch} of {self.trainer.max_epochs} "
+            raise Diverged(f"ended at epoch {self.current_epoch} of {self.trainer.max_epochs} "
                            "with weights that are not finite")

@@ -28,7 +28,9 @@ from lightning_modules.callbacks import EpochHistory
 from lightning_modules.classifier import Classifier
 from lightning_modules.datamodule import ArrayDataModule
 from lightning_modules.distill import UNLABELLED, Distiller
+from lightning_modules.epoch_means import Diverged
 from tasks.config import BudgetConfig, DistillConfig, LatencyConfig, OptimizerConfig, PruneConfig, TrainerConfig
+from tasks.errors import diverged
 from tasks.export import encode_state, int8_kernels_allowed, quantize_like, torch_logits
 from tasks.model_io import ModelSpec
 from tasks.train import backbone_spec
@@ -172,7 +174,10 @@ def lightning_fit(module: pl.LightningModule, arrays: dict, cfg: TrainerConfig, 
         deterministic=True, logger=False, enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=False, num_sanity_val_steps=0, callbacks=[history],
     )
-    trainer.fit(module, datamodule=ArrayDataModule(arrays, cfg.batch_size, seed))
+    try:
+        trainer.fit(module, datamodule=ArrayDataModule(arrays, cfg.batch_size, seed))
+    except Diverged as e:
+        raise diverged(str(e)) from None  # the stage's one line, naming the params to change
     return history.rows
 
 

@@ -2,8 +2,9 @@
 
 A `UserError` ends a stage with its message on one line and a non-zero exit, no traceback;
 anything else is a bug in trainflow and keeps its traceback. `TrainingDiverged` is the user error
-of a training run whose loss or weights went to NaN or infinity (raised by
-lightning_modules/epoch_means.py); its line names the params to change.
+of a training run whose loss or weights went to NaN or infinity (lightning_modules/epoch_means.py
+raises its plain `Diverged`; the training code in tasks/ turns it into this); its line names the
+params to change.
 """
 
 import logging

@@ -26,9 +26,10 @@ from prefect import task
 from lightning_modules.callbacks import EpochHistory, EpochSeed
 from lightning_modules.classifier import LOSS_TASK, Classifier
 from lightning_modules.datamodule import ArrayDataModule
+from lightning_modules.epoch_means import Diverged
 from tasks import checkpoints
 from tasks.config import BackboneConfig, BatchAugmentConfig, DataConfig, OptimizerConfig, TrainerConfig
-from tasks.errors import UserError
+from tasks.errors import UserError, diverged
 from tasks.frames import feature_columns, features_array
 from tasks.model_io import ModelSpec
 
@@ -179,7 +180,10 @@ def fit_classifier(
             warnings.filterwarnings("ignore", message=".*sampler.*")
             warnings.filterwarnings("ignore", message=".*treespec.*")  # Lightning 2.6 on torch 2.13, harmless
             datamodule = ArrayDataModule(arrays, trainer_cfg.batch_size, seed, on_the_fly.model_dump() if on_the_fly else None)
-            trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+            try:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+            except Diverged as e:
+                raise diverged(str(e)) from None  # the stage's one line, naming the params to change
         rows = history.rows
         if spawn and folder is not None and (folder / "last.ckpt").exists():
             saved = checkpoints.callback_state(checkpoints.load(folder / "last.ckpt"), "EpochHistory")

@@ -204,3 +204,26 @@ def test_distiller_gives_the_same_loss_with_a_live_or_a_precomputed_teacher(tiny
     a = live.training_step((batch, labels), 0)
     b = live.training_step((batch, packed), 0)
     assert a.item() == pytest.approx(b.item(), abs=1e-6)
+
+
+def test_a_diverged_distillation_is_one_line_naming_the_compress_block(monkeypatch):
+    from types import SimpleNamespace
+
+    from prefect.context import TaskRunContext
+
+    from lightning_modules.backbones import build_backbone
+    from lightning_modules.distill import Distiller
+    from tasks.compress import lightning_fit
+
+    # as inside compress's distill_candidate task (tasks/errors.py reads the running task's name)
+    running = SimpleNamespace(task=SimpleNamespace(name="distill_candidate"))
+    monkeypatch.setattr(TaskRunContext, "get", classmethod(lambda cls: running))
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 4), dtype=np.float32), rng.integers(0, 3, 64)
+    targets = np.concatenate([y[:, None], rng.normal(size=(64, 3))], axis=1).astype(np.float32)  # label, teacher logits
+    adam = {"name": "adam", "lr": 1e30, "weight_decay": 0.0, "momentum": 0.9}
+    module = Distiller(build_backbone({"kind": "mlp", "hidden": 8, "depth": 1}, (4,)), None, 3, adam)
+    with pytest.raises(UserError) as error:
+        lightning_fit(module, {"train": (x, targets), "val": (x, y)}, TrainerConfig(max_epochs=2, batch_size=16, accelerator="cpu"), 0)
+    assert str(error.value).startswith("distillation stopped at epoch 1 of 2: the mean training loss is nan; ")
+    assert "lower compress.distill.optimizer.lr, set compress.distill.trainer.gradient_clip_val" in str(error.value)
