@@ -42,7 +42,7 @@ def study_digest(params: dict) -> str:
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _stage_lines(reports: Path) -> list[tuple[str, str]]:
+def _stage_lines(reports: Path, params: dict | None) -> list[tuple[str, str]]:
     lines = []
     if ingest := _load(reports / "ingest.json"):
         parts = ", ".join(f"{name} {_splits(c)}" for name, c in ingest["datasets"].items())
@@ -57,23 +57,29 @@ def _stage_lines(reports: Path) -> list[tuple[str, str]]:
         cells = sum(sum(s.get("changes", {}).values()) for s in splits)
         text = (f"{cells} changes recorded in the ledger: {sum(s['missing_before'] for s in splits)} missing cells, "
                 f"{sum(s['clipped_values'] for s in splits)} clipped, {sum(s['rows_dropped'] for s in splits)} rows dropped, "
-                f"{sum(s['rows_added'] for s in splits)} added")
+                f"{sum(s['rows_added'] for s in splits)} added" if cells else
+                "nothing needed repair: no missing cells, outliers, duplicates or resampling")
         lines.append(("repair", text))
     if augment := _load(reports / "augment.json"):
         parts = ", ".join(f"{name} {c['rows_before']} -> {c['rows_after']}" for name, c in augment.items())
         lines.append(("augment", f"train rows {parts}"))
-    for stage, name in (("train", "train"), ("finetune", "finetune")):
-        history = reports / stage / f"{name}_history.csv"
-        metrics = _load(reports / stage / f"{name}_metrics.json")
-        if metrics is None:
-            continue
-        epochs = max(0, len(history.read_text().splitlines()) - 1) if history.exists() else 0
+    if metrics := _load(reports / "train" / "train_metrics.json"):
         shown = ", ".join(f"{k.replace('_', '/', 1)} {v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
-        text = f"{epochs} epochs, {shown}" if shown else f"{epochs} epochs"
-        if stage == "finetune" and (transfer := _load(reports / "finetune" / "transfer.json")):
-            text = f"from {transfer.get('init_from')} ({transfer.get('strategy')}), {text}"
-        lines.append((stage, text))
+        lines.append(("train", ", ".join(filter(None, [_epochs(reports / "train" / "train_history.csv"), shown]))))
+    if transfer := _load(reports / "finetune" / "transfer.json"):
+        tune = params.get("finetune", {}) if params else {}
+        labels = tune.get("labels_per_class")
+        text = ", ".join(filter(None, [
+            f"from {transfer.get('init_from')} ({transfer.get('strategy')})",
+            f"{labels} labels a class" if labels else "all labels",
+            f"+ {tune['replay_source']} replayed source rows" if tune.get("replay_source") else "",
+            _epochs(reports / "finetune" / "finetune_history.csv")]))
+        lines.append(("finetune", text))
     return lines
+
+
+def _epochs(history: Path) -> str:
+    return f"{len(history.read_text().splitlines()) - 1} epochs" if history.exists() else ""
 
 
 def _headline(reports: Path, params: dict | None) -> list[tuple[str, str]]:
@@ -118,7 +124,7 @@ def _compress(reports: Path) -> list[tuple[str, str]]:
 
 def summary(reports: Path = REPORTS, params: dict | None = None) -> list[str]:
     """The lines to print (not yet cut to a width)."""
-    rows = _stage_lines(reports) + _headline(reports, params) + _compress(reports)
+    rows = _stage_lines(reports, params) + _headline(reports, params) + _compress(reports)
     if not rows:
         return ["No stage reports yet under reports/: run 'make run' (or 'dvc repro')."]
     lines = ["trainflow: what this run built"] + [f"  {stage:<9} {text}" for stage, text in rows]

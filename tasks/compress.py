@@ -170,12 +170,16 @@ def lightning_fit(module: pl.LightningModule, arrays: dict, cfg: TrainerConfig, 
     module.train()  # Lightning keeps the modes it is given; copies of an evaluated network arrive in eval
     trainer = pl.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision, max_epochs=cfg.max_epochs,
-        gradient_clip_val=cfg.gradient_clip_val, fast_dev_run=cfg.fast_dev_run, limit_train_batches=cfg.limit_train_batches,
+        gradient_clip_val=cfg.gradient_clip_val, fast_dev_run=cfg.fast_dev_run,
+        # None rather than 1.0: an explicit 1.0 makes Lightning print a line about it (as in tasks/train.py).
+        limit_train_batches=None if cfg.limit_train_batches == 1.0 else cfg.limit_train_batches,
         deterministic=True, logger=False, enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=False, num_sanity_val_steps=0, callbacks=[history],
     )
     try:
-        trainer.fit(module, datamodule=ArrayDataModule(arrays, cfg.batch_size, seed))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*treespec.*")  # Lightning 2.6 on torch 2.13, harmless
+            trainer.fit(module, datamodule=ArrayDataModule(arrays, cfg.batch_size, seed))
     except Diverged as e:
         raise diverged(str(e)) from None  # the stage's one line, naming the params to change
     return history.rows
