@@ -5,6 +5,11 @@ Without `PREFECT_API_URL`, Prefect 3 starts a temporary server in every process 
 under .prefect/, 127.0.0.1 only), the next stages find it through .prefect/server.json, and it
 stops itself after `IDLE_S` without a stage. `make ui` runs the same server in the foreground.
 
+`serve` is the watchdog of `prefect server start`, its child: every `WATCH_S` it stops the server
+when the home (.prefect/) was deleted or replaced, `last_used` or server.json is gone, or the idle
+time is up. The server never outlives it: any error in the watchdog stops the server, and the
+kernel sends the server SIGTERM if the watchdog dies some other way (kill -9: PR_SET_PDEATHSIG).
+
     python -m flows._server serve [--idle SECONDS]   # the server (the UI at its URL)
     python -m flows._server stop
 """
@@ -30,6 +35,7 @@ HOME = Path(os.environ.get("PREFECT_HOME", ".prefect"))
 STATE = HOME / "server.json"
 LAST_USED = HOME / "last_used"
 IDLE_S = int(os.environ.get("TRAINFLOW_PREFECT_IDLE_S", "600"))
+WATCH_S = float(os.environ.get("TRAINFLOW_PREFECT_WATCH_S", "2"))  # the watchdog's interval
 START_TIMEOUT_S = 120
 
 
@@ -111,8 +117,80 @@ def _free_port(preferred: int) -> int:
     raise RuntimeError("no free port on 127.0.0.1")
 
 
+def _home_id() -> tuple[int, int] | None:
+    try:
+        st = HOME.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _ours() -> bool:
+    """Whether server.json still names this watchdog (a successor's must not be touched)."""
+    try:
+        return json.loads(STATE.read_text()).get("pid") == os.getpid()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def stop_reason(home: tuple[int, int] | None, idle_s: int) -> str | None:
+    """Why the server must stop now (None: keep it). `home`: the home's identity at start."""
+    if _home_id() != home:
+        return f"{HOME} was deleted or replaced"
+    try:
+        idle = time.time() - LAST_USED.stat().st_mtime
+    except OSError:
+        return f"{LAST_USED} is gone"
+    if not _ours():
+        return f"{STATE} is gone or names another server"
+    if idle_s and idle > idle_s:
+        return f"no stage for {idle_s} s"
+    return None
+
+
+def watch(server: subprocess.Popen, idle_s: int, interval_s: float = WATCH_S) -> str:
+    """Return once `server` exited (its code) or must stop (the reason); the caller stops it."""
+    home = _home_id()
+    while server.poll() is None:
+        time.sleep(interval_s)
+        if reason := stop_reason(home, idle_s):
+            return reason
+    return f"the server exited ({server.returncode})"
+
+
+def _stop_server(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _dies_with(parent: int):
+    """A preexec_fn: the child gets SIGTERM when `parent` (the watchdog) dies, even by kill -9."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None).prctl  # looked up here: the forked child only calls it
+
+    def preexec() -> None:
+        prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died before prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def _write_state(state: dict) -> None:
+    tmp = STATE.with_name(f".{STATE.name}.{os.getpid()}.tmp")  # a stage must never read half of it
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, STATE)
+
+
 def serve(idle_s: int, host: str, port: int) -> int:
-    """Run `prefect server start` until it exits or, with idle_s > 0, no stage used it for idle_s."""
+    """Run `prefect server start` as the watchdog of it (see the module's docstring); with idle_s > 0 it
+    also stops after idle_s without a stage."""
     HOME.mkdir(parents=True, exist_ok=True)
     if url := running_url():
         print(f"This project's Prefect server is already running: {url.removesuffix('/api')}")
@@ -121,24 +199,21 @@ def serve(idle_s: int, host: str, port: int) -> int:
     env = {**os.environ, "PREFECT_HOME": str(HOME.resolve()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_UI_API_URL": f"http://{host}:{port}/api"}
     env.pop("PREFECT_API_URL", None)
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port),
-                               "--analytics-off"], env=env)
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/api"
-    STATE.write_text(json.dumps({"api_url": url, "pid": os.getpid(), "server_pid": server.pid}))
-    signal.signal(signal.SIGTERM, lambda *_: server.terminate())
     touch()
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port),
+                               "--analytics-off"], env=env, preexec_fn=_dies_with(os.getpid()))
+    signal.signal(signal.SIGTERM, lambda *_: server.terminate())
     try:
-        while server.poll() is None:
-            time.sleep(2)
-            if idle_s and time.time() - LAST_USED.stat().st_mtime > idle_s:
-                print(f"No stage for {idle_s} s: stopping the Prefect server.", flush=True)
-                server.terminate()
-                server.wait(timeout=30)
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/api"
+        _write_state({"api_url": url, "pid": os.getpid(), "server_pid": server.pid})
+        reason = watch(server, idle_s)
+        print(f"{reason}{': stopping the Prefect server' if server.poll() is None else ''}.", flush=True)
     except KeyboardInterrupt:
-        server.terminate()
-        server.wait(timeout=30)
-    finally:
-        STATE.unlink(missing_ok=True)
+        pass
+    finally:  # also when the watchdog fails: the server never runs without it
+        _stop_server(server)
+        if _ours():
+            STATE.unlink(missing_ok=True)
     return 0
 
 

@@ -1,14 +1,20 @@
 """What every stage shares: where outputs live, how params come in, how a stage ends.
 
-`run_stage(flow)` is each stage's `__main__`: it parses params.yaml once (a mistake ends the run
-with one line and exit 2), points Prefect at this project's shared server, runs the flow and turns
-a user error into one line on stderr and exit 1. Anything else is a bug and keeps its traceback.
+`run_stage(flow)` is each stage's `__main__`: it takes the checkout's stage lock (one stage at a
+time, see `checkout_lock`), parses params.yaml once (a mistake ends the run with one line and
+exit 2), points Prefect at this project's shared server, runs the flow and turns a user error into
+one line on stderr and exit 1. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import os
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +25,8 @@ DATA = Path("data")
 RAW, VALIDATED, REPAIRED, AUGMENTED = DATA / "raw", DATA / "validated", DATA / "repaired", DATA / "augmented"
 MODELS = Path("models")
 REPORTS = Path("reports")
+STAGE_LOCK = Path(".dvc") / "tmp" / "trainflow-stage.lock"  # under the DVC project's root
+LOCK_WAIT_S = 3.0  # a stage stopped a moment ago may still be dying (the warm runner's grace: 1 s)
 
 
 def fails_cleanly(fn: Callable) -> Callable:
@@ -37,13 +45,47 @@ def fails_cleanly(fn: Callable) -> Callable:
     return wrapper
 
 
-def run_stage(flow, params_path: str = "params.yaml") -> None:
+@contextmanager
+def checkout_lock(stage: str, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Hold this checkout's stage lock (an flock on .dvc/tmp/trainflow-stage.lock) while a stage
+    runs. DVC's own locks die with `dvc repro`, so a rerun after a kill could start a second
+    training on the same checkpoints; the kernel releases this one only when the stage process
+    itself is gone. Busy for `wait_s`: one line and exit 1. Outside a DVC project: no lock."""
+    root = next((folder for folder in (Path.cwd(), *Path.cwd().parents) if (folder / ".dvc").is_dir()), None)
+    if root is None:
+        yield
+        return
+    path = root / STAGE_LOCK  # examples/*/dvc.yaml stages run in a subfolder: the checkout's root holds it
+    path.parent.mkdir(exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # not inherited by what a stage starts
     try:
-        params: Params = load_params(params_path)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(run_flow(flow, params))
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "pid unknown"
+                    print(f"error: {stage}: another stage is running in this checkout ({holder}): wait for it or stop it",
+                          file=sys.stderr)
+                    sys.exit(1)
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{stage}, pid {os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock (as the kernel does when the process dies)
+
+
+def run_stage(flow, params_path: str = "params.yaml") -> None:
+    with checkout_lock(flow.name):
+        try:
+            params: Params = load_params(params_path)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        sys.exit(run_flow(flow, params))
 
 
 def run_flow(flow, *args, **kwargs) -> int:

@@ -6,9 +6,14 @@ flows/__init__.py, connects to .prefect/warm.sock (starting the server if nobody
 listens), sends argv/cwd/env/sys.path plus its fds 0/1/2 (SCM_RIGHTS, so the stage
 writes straight to the real terminal), forwards SIGINT/SIGTERM/SIGHUP and exits
 with the stage's status. TRAINFLOW_WARM=0 runs the stage in-process as before.
+Either way the stage dies with the process that started it, even by kill -9 (dvc
+repro's `sh -c` execs the command, so that is dvc): `die_with_parent()` asks the
+kernel for SIGTERM then (PR_SET_PDEATHSIG); a warm client then exits at once and
+the server stops the stage's process group (SIGTERM, SIGKILL after GRACE).
 Server (`serve()`): preloads third-party modules only, never project code (each
 child imports it fresh, so edits are always seen); forks one child per request.
 `python -c 'import flows._warm as w; w.stop()'` asks the server to exit when idle.
+The server retires once its socket file is gone (e.g. .prefect/ deleted).
 Linux only (SCM_RIGHTS, prctl). Anything odd before the fork falls back to cold.
 """
 import json, os, signal, socket, sys, time
@@ -26,6 +31,7 @@ PRELOAD = (  # order matters: lightning before prefect (see the logging pitfall)
 LIGHT = ("flows.summary",)  # stdlib-only commands: always run in-process
 FORWARD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 GRACE = 1.0  # seconds from SIGTERM to SIGKILL once a client has vanished
+PR_SET_PDEATHSIG = 1
 
 
 def _env_key(env):
@@ -47,6 +53,26 @@ def _fingerprint():
 
 
 # ----------------------------------------------------------------- client side
+def die_with_parent(sig=signal.SIGTERM):
+    """Have the kernel send `sig` when this process's parent dies, even by kill -9; returns
+    that parent's pid, or None when not set. Not under nohup (SIGHUP ignored): such a
+    stage was asked to outlive the shell that started it."""
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        return None
+    if signal.getsignal(sig) is signal.SIG_IGN:
+        sig = signal.SIGKILL  # an ignored signal would never stop us
+    parent = os.getppid()
+    try:
+        import ctypes
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            return None
+    except (OSError, AttributeError):  # no prctl: not Linux
+        return None
+    if os.getppid() != parent:  # it died before prctl: no signal will come
+        os.kill(os.getpid(), sig)
+    return parent
+
+
 def _module_from_argv():
     """'flows.x' for a plain `python -m flows.x ...`, else None."""
     argv = getattr(sys, "orig_argv", [])
@@ -126,6 +152,9 @@ def maybe_delegate():
     """Run this `python -m flows.<stage>` in the warm server and exit with its
     status. Returns (stage runs here, cold) on opt-out, nesting, or no server."""
     module = _module_from_argv()
+    # As early as a stage can (stdlib only so far), warm or cold. Not in the server's fork: that
+    # one dies with the server (its parent), and the server stops it when its client goes.
+    parent = None if module is None or "_trainflow_warm_server" in sys.modules else die_with_parent()
     if (module is None or os.environ.get("TRAINFLOW_WARM", "1") == "0"
             or os.environ.get(CHILD_ENV) or len(SOCK) > 100):  # sun_path limit
         return
@@ -136,9 +165,14 @@ def maybe_delegate():
         except Exception as e:  # noqa: BLE001 - nothing has run yet: run cold
             print(f"[warm] running cold: {e!r}", file=sys.stderr)
             return
+        def forward(n, _frame):
+            if parent is not None and os.getppid() != parent:  # PDEATHSIG: our starter died.
+                signal.signal(n, signal.SIG_DFL)  # Die now: the server sees the socket close and
+                os.kill(os.getpid(), n)           # stops the stage's group even if it hangs.
+            _send(sock, b"sig %d\n" % n)
+
         # After the request only: a signal's bytes must not land inside the request.
-        old = {s: signal.signal(s, lambda n, f: _send(sock, b"sig %d\n" % n))
-               for s in FORWARD if s not in _ignored()}
+        old = {s: signal.signal(s, forward) for s in FORWARD if s not in _ignored()}
         status = None
         with sock.makefile("rb") as lines:
             for line in lines:
@@ -158,7 +192,8 @@ def maybe_delegate():
             print("[warm] lost the warm server during the run", file=sys.stderr)
             status = 1
         if status < 0:  # stage died from a signal: die the same way, as a cold run would
-            signal.signal(-status, signal.SIG_DFL)
+            if -status not in (signal.SIGKILL, signal.SIGSTOP):  # these two have no handler to reset
+                signal.signal(-status, signal.SIG_DFL)
             os.kill(os.getpid(), -status)
         raise SystemExit(status)
     print("[warm] running cold: the warm server did not accept the request", file=sys.stderr)
@@ -252,6 +287,12 @@ def serve():
         except OSError:
             pass
 
+    def sock_gone():  # deleted (.prefect/ removed) or replaced: no client can reach us
+        try:
+            return os.stat(SOCK).st_ino != sock_ino
+        except OSError:
+            return True
+
     try:
         while True:
             for key, _ in sel.select(timeout=0.25):
@@ -323,6 +364,8 @@ def serve():
                     del doomed[pgid]
             if stop:
                 retire(stop.pop())
+            if listening and sock_gone():
+                retire("socket file removed")
             if jobs or doomed:
                 last = now
             elif not listening or now - last > idle:

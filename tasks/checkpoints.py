@@ -8,6 +8,11 @@ by a run that would have produced it, never by one with other params, data or co
 finished leaves a `complete` marker: rerunning it trains again from the start instead of
 resuming a finished run. Checkpoints are Lightning's (torch.save) files, read back with
 `weights_only=True` so loading one never runs code.
+
+Lightning writes a checkpoint to a temporary file under TMPDIR and moves it into place: a rename
+(atomic) when TMPDIR is on the checkpoints' filesystem, a copy (which a kill can cut off) when it
+is not. So a rerun checks both checkpoints first; one it cannot read is reported on stderr and the
+run trains from the start instead of crashing. The `complete` marker is written atomically.
 """
 
 from __future__ import annotations
@@ -15,14 +20,17 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import lightning_modules
+from tasks.io import save_text
 
 COMPLETE = "complete"
+CHECKPOINTS = ("last.ckpt", "best.ckpt")  # tasks/train.py's ModelCheckpoint names; a resume needs both intact
 
 
 def run_key(settings: dict, arrays: dict[str, tuple[np.ndarray, np.ndarray]], init_state: dict[str, torch.Tensor] | None) -> str:
@@ -51,22 +59,32 @@ def prepare(root: Path, key: str) -> tuple[Path, Path | None]:
             shutil.rmtree(other, ignore_errors=True)
     folder = root / key
     last = folder / "last.ckpt"
-    if (folder / COMPLETE).exists() or (last.exists() and not _readable(last)):
-        shutil.rmtree(folder)  # finished (train again), or cut off mid-write (nothing to resume)
+    if (folder / COMPLETE).exists():
+        shutil.rmtree(folder)  # finished: train again
+    for path in (folder / name for name in CHECKPOINTS) if folder.exists() else ():
+        # best.ckpt counts too: a resumed run with restore_best ends by loading it.
+        if why := _unreadable(path):
+            print(f"warning: resume: {path} cannot be read ({why}; cut off mid-write?): training from the start",
+                  file=sys.stderr)
+            shutil.rmtree(folder)
+            break
     folder.mkdir(exist_ok=True)
     return folder, (last if last.exists() else None)
 
 
-def _readable(path: Path) -> bool:
+def _unreadable(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be loaded; None when it loads or does not exist."""
+    if not path.exists():
+        return None
     try:
         load(path)
-        return True
-    except Exception:  # a truncated or damaged file: any unpickling error means "cannot resume"
-        return False
+        return None
+    except Exception as e:  # a truncated or damaged file: any unpickling error means "cannot resume"
+        return type(e).__name__
 
 
 def mark_complete(folder: Path) -> None:
-    (folder / COMPLETE).write_text("finished; a rerun trains from the start\n")
+    save_text("finished; a rerun trains from the start\n", folder / COMPLETE)
 
 
 def load(path: Path) -> dict:

@@ -1,9 +1,11 @@
 """Kill -9 during training, rerun: it resumes from the last checkpoint and ends with the same
-weights file (byte for byte) as a run that was never interrupted."""
+weights file (byte for byte) as a run that was never interrupted. A checkpoint cut off mid-write
+is skipped with a warning: the rerun trains from the start instead of crashing."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import signal
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import ROOT
 
@@ -82,3 +85,32 @@ def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
     whole_out = whole.communicate(timeout=600)[0]
     assert whole.returncode == 0, whole_out[-3000:]
     assert _digest(tmp_path / "resumed") == _digest(tmp_path / "whole")
+
+
+@pytest.mark.parametrize("torn", ["last.ckpt", "best.ckpt"])
+def test_a_torn_checkpoint_is_skipped_with_a_warning(tmp_path, capsys, torn):
+    from tasks import checkpoints
+
+    folder = tmp_path / "0123456789abcdef"
+    folder.mkdir()
+    whole = io.BytesIO()
+    torch.save({"epoch": 2, "state_dict": {"w": torch.zeros(1000)}}, whole)
+    for name in ("last.ckpt", "best.ckpt"):  # a copy into place cut off by a kill: half the bytes
+        (folder / name).write_bytes(whole.getvalue()[: len(whole.getvalue()) // 2] if name == torn else whole.getvalue())
+    assert checkpoints.prepare(tmp_path, folder.name) == (folder, None)
+    assert list(folder.iterdir()) == []
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: resume: {folder / torn} cannot be read (") and "training from the start" in err
+
+
+def test_intact_checkpoints_are_resumed(tmp_path):
+    from tasks import checkpoints
+
+    folder = tmp_path / "0123456789abcdef"
+    folder.mkdir()
+    for name in ("last.ckpt", "best.ckpt"):
+        torch.save({"epoch": 2}, folder / name)
+    assert checkpoints.prepare(tmp_path, folder.name) == (folder, folder / "last.ckpt")
+    checkpoints.mark_complete(folder)
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    assert checkpoints.prepare(tmp_path, folder.name) == (folder, None)  # finished: train again

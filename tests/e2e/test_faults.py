@@ -1,0 +1,190 @@
+"""Faults a run must survive without leaving processes behind.
+
+- `kill -9` of `dvc repro` in the middle of training: the stage goes with it (warm or cold), and a
+  rerun resumes the checkpoints and ends with the weights of a run that was never interrupted.
+- A second stage in the same checkout, while one runs: one line, exit 1, and nothing else happens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from flows._stage import checkout_lock
+from tests.conftest import ROOT, copy_repo, free_port, shrunk_params_dict
+
+BIN = Path(sys.executable).parent
+EPOCHS = 20  # ~0.6 s an epoch on a busy 2-core machine: time to kill it, and to ask a second stage meanwhile
+
+
+def _refusal(stage: str, holder: str, pid: int) -> str:
+    return f"error: {stage}: another stage is running in this checkout ({holder}, pid {pid}): wait for it or stop it"
+
+
+# ------------------------------------------------------------------------ the stage lock
+def test_a_second_stage_in_the_same_checkout_refuses_in_one_line(tmp_path):
+    (tmp_path / ".dvc").mkdir()  # a DVC project: no params.yaml needed, the lock comes first
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from flows._stage import checkout_lock\n"
+        "with checkout_lock('train'):\n    print('held', flush=True); time.sleep(120)")],
+        cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        second = subprocess.run([sys.executable, "-m", "flows.validate"], cwd=tmp_path, capture_output=True, text=True,
+                                env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "TRAINFLOW_WARM": "0",
+                                     "PREFECT_API_URL": "http://127.0.0.1:9/api"}, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert second.returncode == 1
+    assert second.stderr.splitlines() == [_refusal("validate", "train", holder.pid)], second.stderr
+    assert second.stdout == "" and not (tmp_path / "reports").exists()
+
+
+def test_the_lock_is_free_again_as_soon_as_a_stage_ends(tmp_path, monkeypatch):
+    """Sequential stages (flows/pipeline.py runs one `dvc repro -s` after another) never wait."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".dvc").mkdir()
+    start = time.monotonic()
+    for stage in ("ingest", "validate", "repair"):
+        with checkout_lock(stage, wait_s=0):
+            pass
+    assert time.monotonic() - start < 0.5
+
+
+def test_a_stage_in_a_subfolder_takes_the_checkouts_lock(tmp_path, monkeypatch, capsys):
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "examples" / "credit").mkdir(parents=True)  # where examples/credit/dvc.yaml's stages run
+    monkeypatch.chdir(tmp_path)
+    with checkout_lock("train"):
+        monkeypatch.chdir(tmp_path / "examples" / "credit")
+        with pytest.raises(SystemExit) as stopped, checkout_lock("evaluate", wait_s=0):
+            pass
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err == _refusal("evaluate", "train", os.getpid()) + "\n"
+
+
+def test_a_stage_that_was_killed_left_no_lock(tmp_path, monkeypatch):
+    (tmp_path / ".dvc").mkdir()
+    held = subprocess.Popen([sys.executable, "-c", (
+        "import os, signal; from flows._stage import checkout_lock\n"
+        "with checkout_lock('train'):\n    os.kill(os.getpid(), signal.SIGKILL)")], cwd=tmp_path)
+    assert held.wait(timeout=60) == -signal.SIGKILL
+    monkeypatch.chdir(tmp_path)
+    with checkout_lock("train", wait_s=0):
+        pass
+
+
+# --------------------------------------------------------------------------- kill -9 of dvc
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A fresh clone on the shrunk config with the stages up to augment already run."""
+    root = copy_repo(tmp_path_factory.mktemp("faults"))
+    params = shrunk_params_dict()
+    params["train"]["trainer"].update(max_epochs=EPOCHS, progress_bar=False)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "dvc.lock").unlink(missing_ok=True)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=root, check=True, env=_env(root))
+    assert _dvc(root, "repro", "augment").returncode == 0
+    yield root
+    subprocess.run([sys.executable, "-m", "flows._server", "stop"], cwd=root, env=_env(root), capture_output=True)
+    subprocess.run([sys.executable, "-c", "import flows._warm as w; w.stop()"], cwd=root, env=_env(root), capture_output=True)
+    for process in _stages(root):
+        process.kill()
+
+
+def _env(root: Path, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TRAINFLOW_"))}
+    env.update(PATH=f"{BIN}:{env['PATH']}", PREFECT_HOME=str(root / ".prefect"), TRAINFLOW_PREFECT_PORT=str(free_port()),
+               TRAINFLOW_PREFECT_IDLE_S="120", TRAINFLOW_WARM_IDLE="120", DVC_NO_ANALYTICS="1", **extra)
+    return env
+
+
+def _dvc(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(["dvc", *args], cwd=root, env=_env(root, **env), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def _helpers(root: Path) -> set[int]:
+    """The long-lived helpers a run starts: the warm server, the Prefect server and its watchdog."""
+    pids = set()
+    try:
+        pids.add(int((root / ".prefect" / "warm.pid").read_text()))
+    except (OSError, ValueError):
+        pass
+    try:
+        watchdog = psutil.Process(int(yaml.safe_load((root / ".prefect" / "server.json").read_text())["pid"]))
+        pids |= {watchdog.pid, *(p.pid for p in watchdog.children(recursive=True))}
+    except (OSError, ValueError, KeyError, TypeError, psutil.NoSuchProcess):
+        pass
+    return pids
+
+
+def _stages(root: Path) -> list[psutil.Process]:
+    """Live processes working in `root` other than the helpers: a stage, its client, dvc."""
+    helpers, found = _helpers(root), []
+    for process in psutil.process_iter():
+        try:
+            if (process.pid not in helpers and process.cwd() == str(root)
+                    and process.status() != psutil.STATUS_ZOMBIE):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _weights(root: Path) -> str:
+    return hashlib.sha256((root / "models" / "train" / "model.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("warm", ["1", "0"], ids=["warm", "cold"])
+def test_kill_9_of_dvc_repro_during_train_leaves_no_stage_and_the_rerun_completes(project, warm):
+    shutil.rmtree(project / "checkpoints", ignore_errors=True)
+    log = (project.parent / f"killed-{warm}.log").open("w+")
+    dvc = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "train"], cwd=project,
+                           env=_env(project, TRAINFLOW_WARM=warm), stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not list(project.glob("checkpoints/train/*/last.ckpt")):  # an epoch is done
+        assert dvc.poll() is None, log.seek(0) or log.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.05)
+    running = [p for p in _stages(project) if p.pid != dvc.pid]
+    assert running, "no stage process found"
+
+    if warm == "1":  # meanwhile, a second stage in this checkout: refused in one line (warm: ~1 s)
+        stage = next(p for p in running if p.ppid() in _helpers(project))  # the warm server's fork
+        second = subprocess.run(["python3", "-m", "flows.train"], cwd=project, env=_env(project), capture_output=True,
+                                text=True, timeout=120)
+        assert (second.returncode, second.stderr.splitlines()) == (1, [_refusal("train", "train", stage.pid)])
+
+    dvc.kill()  # kill -9, as a user's `kill -9 <dvc pid>` or an OOM killer would
+    dvc.wait()
+    assert not list(project.glob("checkpoints/train/*/complete")), "training ended before the kill: raise EPOCHS"
+    start = time.monotonic()
+    left = psutil.wait_procs(running, timeout=5)[1]
+    assert not left, f"left behind: {[(p.pid, p.cmdline()[:4]) for p in left]}"
+    assert not _stages(project)
+    assert not list(project.glob("checkpoints/train/*/complete")), "the stage trained to its end after dvc was killed"
+    print(f"{'warm' if warm == '1' else 'cold'}: no stage {time.monotonic() - start:.1f} s after kill -9 of dvc")
+
+    resumed = _dvc(project, "repro", "--force", "--single-item", "train")  # right away: warm, either way
+    assert "resume: continuing from" in resumed.stdout + resumed.stderr, resumed.stdout[-3000:]
+    assert "Traceback" not in resumed.stdout + resumed.stderr, resumed.stderr[-3000:]
+    if warm == "1":  # the same weights as a run never interrupted (the complete marker: this one starts afresh)
+        digest = _weights(project)
+        whole = _dvc(project, "repro", "--force", "--single-item", "train")
+        assert "resume:" not in whole.stdout + whole.stderr
+        assert _weights(project) == digest

@@ -1,0 +1,102 @@
+"""The project's Prefect server never runs without its watchdog, and stops when its home goes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+from flows import _server
+from tests.conftest import free_port
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A home as a running server leaves it: last_used and a server.json that names this process."""
+    home = tmp_path / ".prefect"
+    monkeypatch.setattr(_server, "HOME", home)
+    monkeypatch.setattr(_server, "STATE", home / "server.json")
+    monkeypatch.setattr(_server, "LAST_USED", home / "last_used")
+    _server.touch()
+    _server._write_state({"api_url": "http://127.0.0.1:9/api", "pid": os.getpid(), "server_pid": 0})
+    return home
+
+
+def test_the_watchdog_keeps_a_used_server(home):
+    assert _server.stop_reason(_server._home_id(), idle_s=600) is None
+    assert _server.stop_reason(_server._home_id(), idle_s=0) is None  # `make ui`: no idle limit
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    (lambda home: shutil.rmtree(home), "was deleted or replaced"),
+    (lambda home: shutil.rmtree(home) or _server.touch(), ""),  # a new run made a new one (same inode, maybe)
+    (lambda home: (home / "last_used").unlink(), "last_used is gone"),
+    (lambda home: (home / "server.json").unlink(), "server.json is gone or names another server"),
+    (lambda home: _server._write_state({"api_url": "x", "pid": 1}), "server.json is gone or names another server"),
+    (lambda home: os.utime(home / "last_used", (0, 0)), "no stage for 600 s"),
+], ids=["home-deleted", "home-replaced", "last_used-deleted", "state-deleted", "state-of-another", "idle"])
+def test_the_watchdog_stops_the_server(home, change, reason):
+    started = _server._home_id()
+    change(home)
+    said = _server.stop_reason(started, idle_s=600)  # a reason, not FileNotFoundError
+    assert said is not None and reason in said
+
+
+def test_watch_returns_soon_after_the_home_is_deleted(home):
+    stand_in = subprocess.Popen(["sleep", "60"])  # for `prefect server start`
+    threading.Timer(0.5, shutil.rmtree, [home]).start()
+    try:
+        start = time.monotonic()
+        assert "was deleted" in _server.watch(stand_in, idle_s=600, interval_s=0.1)
+        assert time.monotonic() - start < 2
+    finally:
+        _server._stop_server(stand_in)
+    assert stand_in.returncode == -signal.SIGTERM
+
+
+def test_the_server_dies_with_its_watchdog_even_by_kill_9(tmp_path):
+    # The watchdog starts its child exactly as serve() starts `prefect server start`.
+    watchdog = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, os, sys, time; from flows import _server\n"
+        "child = subprocess.Popen(['sleep', '60'], preexec_fn=_server._dies_with(os.getpid()))\n"
+        "print(child.pid, flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    child = psutil.Process(int(watchdog.stdout.readline()))
+    watchdog.kill()
+    watchdog.wait()
+    try:
+        assert not psutil.wait_procs([child], timeout=3)[1], "the server outlived its watchdog's kill -9"
+    finally:
+        if child.is_running():
+            child.kill()
+
+
+@pytest.mark.slow
+def test_deleting_prefect_home_stops_the_idle_project_server(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TRAINFLOW_"))}
+    env.update(PREFECT_HOME=str(tmp_path / ".prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               TRAINFLOW_PREFECT_PORT=str(free_port()), TRAINFLOW_PREFECT_IDLE_S="300", TRAINFLOW_PREFECT_WATCH_S="1")
+    started = subprocess.run([sys.executable, "-m", "flows._server", "url"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=150)
+    assert started.returncode == 0, started.stderr[-3000:]
+    state = json.loads((tmp_path / ".prefect" / "server.json").read_text())
+    watchdog = psutil.Process(state["pid"])
+    processes = [watchdog, *watchdog.children(recursive=True)]
+    assert state["server_pid"] in [p.pid for p in processes]
+    try:
+        shutil.rmtree(tmp_path / ".prefect")  # what `make clean` did, with the server idle
+        start = time.monotonic()
+        alive = psutil.wait_procs(processes, timeout=60)[1]
+        assert not alive, f"still running a minute after .prefect/ was deleted: {[p.cmdline()[:4] for p in alive]}"
+        print(f"server gone {time.monotonic() - start:.1f} s after .prefect/ was deleted")
+    finally:
+        for process in processes:
+            if process.is_running():
+                process.kill()
