@@ -9,6 +9,7 @@ flows/train.py reads frames and writes models/ and reports/.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -218,7 +219,10 @@ def _trainer_args(cfg: TrainerConfig, run: Plan, folder: Path | None, has_val: b
     if cfg.logger == "dvclive" and live_dir is not None and not cfg.fast_dev_run:
         from dvclive.lightning import DVCLiveLogger
 
-        # dvcyaml=None: the metrics and plots are declared in dvc.yaml by hand; an absolute dir (see README).
+        if resume is not None:
+            _drop_torn_json(Path(live_dir) / "metrics.json")  # a kill mid-write: dvclive's resume would fail on it
+        # dvcyaml=None: the metrics and plots are declared in dvc.yaml by hand. An absolute dir: with a
+        # relative one dvclive has deleted its own checkpoint.
         logger = DVCLiveLogger(dir=str(Path(live_dir).resolve()), dvcyaml=None, save_dvc_exp=False, resume=resume is not None)
     deterministic = True if run.device == "cpu" else "warn"  # some GPU kernels have no deterministic version
     return dict(
@@ -258,3 +262,13 @@ def backbone_spec(cfg: BackboneConfig, data: DataConfig | None = None, vocab: in
 
 def input_shape(frame: pd.DataFrame, data: DataConfig) -> tuple[int, ...]:
     return tuple(data.image_shape) if data.modality == "image" else (len(feature_columns(frame, data)),)
+
+
+def _drop_torn_json(path: Path) -> None:
+    try:
+        json.loads(path.read_text())
+    except FileNotFoundError:
+        pass
+    except ValueError:
+        print(f"warning: resume: {path} cannot be read (cut off mid-write?): its step count starts again")
+        path.unlink()

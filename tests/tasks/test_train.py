@@ -247,3 +247,16 @@ def test_the_divergence_line_names_the_params_of_the_stage_that_trains(monkeypat
     monkeypatch.setattr(TaskRunContext, "get", classmethod(lambda cls: SimpleNamespace(task=SimpleNamespace(name=task))))
     error = diverged("stopped at epoch 2 of 20: x")
     assert isinstance(error, TrainingDiverged) and isinstance(error, UserError) and str(error) == says
+
+
+def test_a_torn_dvclive_metrics_file_is_dropped_before_resuming(tmp_path, capsys):
+    from tasks.train import _drop_torn_json
+
+    torn, whole = tmp_path / "torn.json", tmp_path / "whole.json"
+    torn.write_text('{"step": 3, "train": {"lo')
+    whole.write_text('{"step": 3}')
+    _drop_torn_json(torn)
+    _drop_torn_json(whole)
+    _drop_torn_json(tmp_path / "absent.json")
+    assert not torn.exists() and whole.exists()
+    assert "cannot be read (cut off mid-write?)" in capsys.readouterr().out
