@@ -8,11 +8,13 @@ target's held-out test split. Reads the data stages' outputs (data/augmented, da
 
     python benchmarks/transfer_gain.py --labels 5 10 50 --seeds 0 1 2
     python benchmarks/transfer_gain.py --labels 10 --seeds 0 --set strategy=linear_probe --set augment_copies=0
+    python benchmarks/transfer_gain.py --labels 5 --seeds 42 0 1 2 3 --record   # what `make run`'s summary quotes
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -36,6 +38,7 @@ from tasks.finetune import (augment_labels, balanced_weights, few_labels, keep_c
 from tasks.io import load_frame, load_json  # noqa: E402
 from tasks.model_io import ModelSpec, load_weights, save_model  # noqa: E402
 from tasks.train import FitResult, backbone_spec, fit_classifier, input_shape, to_arrays, transfer_state  # noqa: E402
+from tasks.transfer_study import RESULTS, record  # noqa: E402
 
 
 def arrays(frame, params: Params, classes):
@@ -59,6 +62,8 @@ def main() -> None:
     parser.add_argument("--source-epochs", type=int, default=None, help="override train.trainer.max_epochs")
     parser.add_argument("--no-scratch", action="store_true", help="fine-tune only (comparing fine-tuning settings)")
     parser.add_argument("--curve", action="store_true", help="also score the test split after every epoch (diagnosis only)")
+    parser.add_argument("--record", action="store_true",
+                        help=f"write the per-seed figures to {RESULTS} (the run summary quotes them while params match)")
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
@@ -70,6 +75,7 @@ def main() -> None:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(value)
+    recipe = copy.deepcopy(raw)  # what the figures hold for: params.yaml with --set (what `--record` keys them by)
     for stage in ("train", "finetune"):  # a study prints its own table: no progress bars or dvclive
         raw[stage]["trainer"].update(progress_bar=False, logger="none")
     if args.source_epochs:
@@ -150,6 +156,12 @@ def main() -> None:
         summary["budgets"][str(per_class)] = {"finetuned": round(tuned, 4), "scratch": round(scratch, 4), "gain": round(tuned - scratch, 4),
                                               "finetuned_min": round(min(r["finetuned"] for r in mine), 4)}
         print(f"| {per_class} | {tuned:.3f} | {scratch:.3f} | {tuned - scratch:+.3f} |")
+    if args.record:
+        if args.set or args.source_epochs or args.no_scratch:
+            sys.exit("--record is for the params as they are: drop --set, --source-epochs and --no-scratch")
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(record(rows, recipe, int(len(y_test))), indent=2) + "\n")
+        print(f"recorded: {RESULTS}")
     print(json.dumps(summary))
 
 

@@ -10,18 +10,16 @@ Writes nothing. `make run` prints it after `dvc repro`; `dvc metrics show` still
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
 from pathlib import Path
 
+from tasks.transfer_study import RESULTS as STUDY
+from tasks.transfer_study import over_seeds
+
 REPORTS = Path("reports")
-STUDY = Path("benchmarks") / "results" / "transfer_gain.json"
 MAX_WIDTH = 119  # never wider than this, whatever the terminal says
-# The params a few-label study depends on, less the two it varies (see benchmarks/transfer_gain.py).
-STUDY_SECTIONS = ("data", "ingest", "validate", "repair", "augment", "train", "finetune")
-STUDY_VARIES = ("seed", "labels_per_class", "baseline")
 
 
 def _load(path: Path) -> dict | None:
@@ -33,13 +31,6 @@ def _load(path: Path) -> dict | None:
 
 def _splits(counts: dict) -> str:
     return "/".join(str(counts.get(s, 0)) for s in ("train", "val", "test"))
-
-
-def study_digest(params: dict) -> str:
-    """Which params a study's figures hold for: every section it depends on, less what it varies."""
-    picked = {k: params.get(k) for k in STUDY_SECTIONS}
-    picked["finetune"] = {k: v for k, v in (picked["finetune"] or {}).items() if k not in STUDY_VARIES}
-    return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _stage_lines(reports: Path, params: dict | None) -> list[tuple[str, str]]:
@@ -102,12 +93,11 @@ def _headline(reports: Path, params: dict | None) -> list[tuple[str, str]]:
 
 def _over_seeds(params: dict | None) -> list[tuple[str, str]]:
     """The gain over seeds, from the few-label study, when it was measured with these very params."""
-    study = _load(STUDY)
-    if not study or not params:
+    if not params or not STUDY.exists():
         return []
-    budget = study.get("budgets", {}).get(str(params.get("finetune", {}).get("labels_per_class")))
-    if budget is None or study.get("params_digest") != study_digest(params):
-        return [("", f"gain over seeds: not measured for these params (python3 benchmarks/transfer_gain.py --record)")]
+    budget = over_seeds(_load(STUDY), params)
+    if budget is None:
+        return [("", "gain over seeds: not measured for these params (python3 benchmarks/transfer_gain.py --record)")]
     gains = [100 * g for g in budget["gains"]]
     return [("", f"gain over {len(gains)} seeds ({STUDY}): {sum(gains) / len(gains):+.1f} points mean, "
                  f"range {min(gains):+.1f} to {max(gains):+.1f}")]

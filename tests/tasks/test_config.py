@@ -7,7 +7,7 @@ from tests.conftest import ROOT
 
 def test_shipped_params_parse():
     params = load_params(ROOT / "params.yaml")
-    assert params.finetune.labels_per_class == 10
+    assert params.finetune.labels_per_class == 5
     assert params.dataset_names() == ["source", "target"]
 
 
