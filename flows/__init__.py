@@ -42,6 +42,9 @@ _defaults = {
     "DVC_NO_ANALYTICS": "1",
     "TORCH_HOME": str(Path.cwd() / ".cache" / "torch"),
     "HF_HUB_OFFLINE": "1",
+    # DVC caches stage outputs; Prefect's own task cache would only hash every input (and log a
+    # traceback for a torch module it cannot hash) to key results nobody reads.
+    "PREFECT_TASKS_DEFAULT_NO_CACHE": "true",
 }
 for _key, _value in _defaults.items():
     os.environ.setdefault(_key, _value)

@@ -56,3 +56,13 @@ def test_a_stage_under_an_interpreter_without_the_packages_says_so_in_one_line(t
     assert lines[0].startswith(f"error: flows.ingest: {bare} has no prefect"), lines[0]
     assert lines[0].endswith("run '. .venv/bin/activate' first, or use 'make run'"), lines[0]
     assert not (project / ".prefect").exists()  # no warm runner or server started under that interpreter
+
+
+def test_stage_tasks_keep_no_prefect_result_cache():
+    """DVC caches stage outputs: Prefect's task cache would hash every input (and log a traceback for
+    a torch module it cannot hash) to key results nobody reads."""
+    import flows  # noqa: F401 - sets the project's Prefect defaults
+    import tasks.compress
+    from prefect.cache_policies import NO_CACHE
+
+    assert tasks.compress.measure.cache_policy is NO_CACHE
