@@ -60,9 +60,9 @@ def test_a_stage_under_an_interpreter_without_the_packages_says_so_in_one_line(t
 
 def test_stage_tasks_keep_no_prefect_result_cache():
     """DVC caches stage outputs: Prefect's task cache would hash every input (and log a traceback for
-    a torch module it cannot hash) to key results nobody reads."""
-    import flows  # noqa: F401 - sets the project's Prefect defaults
-    import tasks.compress
-    from prefect.cache_policies import NO_CACHE
-
-    assert tasks.compress.measure.cache_policy is NO_CACHE
+    a torch module it cannot hash) to key results nobody reads. A fresh process, as a stage is."""
+    probe = ("import flows, tasks.compress; from prefect.cache_policies import NO_CACHE; "
+             "print(tasks.compress.measure.cache_policy is NO_CACHE)")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT / ".cache")})
+    assert result.stdout.strip() == "True", result.stderr
