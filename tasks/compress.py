@@ -11,6 +11,7 @@ inputs and writes the chosen model; tasks/export.py serialises and exports it.
 from __future__ import annotations
 
 import copy
+import signal
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from prefect import task
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
@@ -182,6 +184,8 @@ def lightning_fit(module: pl.LightningModule, arrays: dict, cfg: TrainerConfig, 
             trainer.fit(module, datamodule=ArrayDataModule(arrays, cfg.batch_size, seed))
     except Diverged as e:
         raise diverged(str(e)) from None  # the stage's one line, naming the params to change
+    except SIGTERMException:  # Lightning stops at a batch's end and exits 0: a stopped run must not pass for done
+        raise SystemExit(128 + signal.SIGTERM) from None
     return history.rows
 
 

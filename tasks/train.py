@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -22,6 +23,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from prefect import task
 
 from lightning_modules.callbacks import EpochHistory, EpochSeed
@@ -185,6 +187,8 @@ def fit_classifier(
                 trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
             except Diverged as e:
                 raise diverged(str(e)) from None  # the stage's one line, naming the params to change
+            except SIGTERMException:  # Lightning stops at a batch's end and exits 0: a stopped run must not pass for done
+                raise SystemExit(128 + signal.SIGTERM) from None
         rows = history.rows
         if spawn and folder is not None and (folder / "last.ckpt").exists():
             saved = checkpoints.callback_state(checkpoints.load(folder / "last.ckpt"), "EpochHistory")

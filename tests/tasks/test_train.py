@@ -142,6 +142,22 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(tmp_path):
     assert again.resumed_from_epoch is None  # a finished run trains again instead of "resuming" its end
 
 
+def test_a_sigterm_stops_training_with_a_signal_status_and_no_complete_marker(tmp_path):
+    import lightning.pytorch as pl
+
+    class Sigterm(pl.Callback):  # what Lightning's own SIGTERM handler does: set the flag, stop at the batch's end
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 1:
+                trainer._signal_connector.received_sigterm = True
+
+    with pytest.raises(SystemExit) as stopped:  # Lightning alone exits 0 here, as if training had finished
+        fit_classifier.fn(_digits(200), _spec(), OptimizerConfig(), _trainer(max_epochs=3), seed=1, checkpoint_dir=tmp_path,
+                          callbacks=[Sigterm()])
+    assert stopped.value.code == 143
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert "complete" not in {p.name for p in folder.iterdir()}
+
+
 def test_other_params_never_resume_a_stale_checkpoint(tmp_path):
     arrays, spec = _digits(200), _spec()
     with pytest.raises(_Interrupt):
