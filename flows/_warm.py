@@ -6,10 +6,12 @@ flows/__init__.py, connects to .prefect/warm.sock (starting the server if nobody
 listens), sends argv/cwd/env/sys.path plus its fds 0/1/2 (SCM_RIGHTS, so the stage
 writes straight to the real terminal), forwards SIGINT/SIGTERM/SIGHUP and exits
 with the stage's status. TRAINFLOW_WARM=0 runs the stage in-process as before.
-Either way the stage dies with the process that started it, even by kill -9 (dvc
-repro's `sh -c` execs the command, so that is dvc): `die_with_parent()` asks the
-kernel for SIGTERM then (PR_SET_PDEATHSIG); a warm client then exits at once and
-the server stops the stage's process group (SIGTERM, SIGKILL after GRACE).
+Either way the stage dies with the process that started it, even by kill -9:
+`die_with_parent()` asks the kernel for SIGTERM then (PR_SET_PDEATHSIG); a warm
+client then exits at once and the server stops the stage's process group (SIGTERM,
+SIGKILL after GRACE). dvc runs the command through `$SHELL -c` (/bin/sh without
+SHELL): bash execs it, dash stays as our parent and outlives dvc, so when the parent
+is such a shell a thread also watches the shell's parent and sends us that SIGTERM.
 Server (`serve()`): preloads third-party modules only, never project code (each
 child imports it fresh, so edits are always seen); forks one child per request.
 `python -c 'import flows._warm as w; w.stop()'` asks the server to exit when idle.
@@ -53,10 +55,46 @@ def _fingerprint():
 
 
 # ----------------------------------------------------------------- client side
-def die_with_parent(sig=signal.SIGTERM):
-    """Have the kernel send `sig` when this process's parent dies, even by kill -9; returns
-    that parent's pid, or None when not set. Not under nohup (SIGHUP ignored): such a
-    stage was asked to outlive the shell that started it."""
+SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish"}
+WATCH_S = 0.5  # how often the starter of a shell-wrapped stage is checked
+
+
+def _starttime(pid):
+    """The kernel's start time of `pid` (None once it is gone): a pid alone may be reused."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[19]
+    except OSError:
+        return None
+
+
+def _parent_of(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _watch(pid, sig, gone):
+    """A daemon thread: once `pid` is gone, set `gone` and send ourselves `sig`."""
+    import threading
+    started = _starttime(pid)
+
+    def loop():
+        while _starttime(pid) == started:
+            time.sleep(WATCH_S)
+        gone.append(pid)
+        os.kill(os.getpid(), sig)
+
+    threading.Thread(target=loop, name="trainflow-watch-starter", daemon=True).start()
+
+
+def die_with_parent(sig=signal.SIGTERM, gone=None):
+    """Have the kernel send `sig` when this process's parent dies, even by kill -9; when
+    that parent is a shell that did not exec us (`sh -c` under dash), watch the shell's
+    parent too (`gone` records it). Returns the parent's pid, or None when not set. Not
+    under nohup (SIGHUP ignored): such a stage was asked to outlive the shell that started it."""
     if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
         return None
     if signal.getsignal(sig) is signal.SIG_IGN:
@@ -70,6 +108,14 @@ def die_with_parent(sig=signal.SIGTERM):
         return None
     if os.getppid() != parent:  # it died before prctl: no signal will come
         os.kill(os.getpid(), sig)
+    try:
+        with open(f"/proc/{parent}/comm") as f:
+            shell = f.read().strip() in SHELLS
+    except OSError:
+        shell = False
+    starter = _parent_of(parent) if shell else None
+    if starter and starter > 1:
+        _watch(starter, sig, gone if gone is not None else [])
     return parent
 
 
@@ -154,7 +200,8 @@ def maybe_delegate():
     module = _module_from_argv()
     # As early as a stage can (stdlib only so far), warm or cold. Not in the server's fork: that
     # one dies with the server (its parent), and the server stops it when its client goes.
-    parent = None if module is None or "_trainflow_warm_server" in sys.modules else die_with_parent()
+    gone = []  # the shell-wrapped case: our starter's pid, once it died
+    parent = None if module is None or "_trainflow_warm_server" in sys.modules else die_with_parent(gone=gone)
     if (module is None or os.environ.get("TRAINFLOW_WARM", "1") == "0"
             or os.environ.get(CHILD_ENV) or len(SOCK) > 100):  # sun_path limit
         return
@@ -166,7 +213,7 @@ def maybe_delegate():
             print(f"[warm] running cold: {e!r}", file=sys.stderr)
             return
         def forward(n, _frame):
-            if parent is not None and os.getppid() != parent:  # PDEATHSIG: our starter died.
+            if parent is not None and (os.getppid() != parent or gone):  # our starter died:
                 signal.signal(n, signal.SIG_DFL)  # Die now: the server sees the socket close and
                 os.kill(os.getpid(), n)           # stops the stage's group even if it hangs.
             _send(sock, b"sig %d\n" % n)

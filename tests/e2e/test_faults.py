@@ -105,7 +105,9 @@ def project(tmp_path_factory):
 
 
 def _env(root: Path, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TRAINFLOW_"))}
+    # No SHELL: dvc then runs the stage through /bin/sh (dash on Debian), which does not exec it and
+    # outlives a killed dvc: the harder case (bash, with SHELL set, execs the stage).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TRAINFLOW_")) and k != "SHELL"}
     env.update(PATH=f"{BIN}:{env['PATH']}", PREFECT_HOME=str(root / ".prefect"), TRAINFLOW_PREFECT_PORT=str(free_port()),
                TRAINFLOW_PREFECT_IDLE_S="120", TRAINFLOW_WARM_IDLE="120", DVC_NO_ANALYTICS="1", **extra)
     return env
