@@ -217,6 +217,20 @@ def serve(idle_s: int, host: str, port: int) -> int:
     return 0
 
 
+def _runs_a_server(pid: object) -> bool:
+    """Whether `pid` is still a watchdog or a Prefect server. server.json outlives a kill -9 or a
+    reboot, and by then its pids may belong to any process: `make ui` and `make clean` must not
+    stop that one."""
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return False
+    return b"flows._server" in cmdline or b"prefect\0server\0start" in cmdline
+
+
 def stop() -> int:
     try:
         state = json.loads(STATE.read_text())
@@ -224,10 +238,11 @@ def stop() -> int:
         print("No Prefect server of this project is running.")
         return 0
     for pid in (state.get("pid"), state.get("server_pid")):
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except (ProcessLookupError, TypeError):
-            pass
+        if _runs_a_server(pid):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
     for _ in range(60):
         if not healthy(state["api_url"], timeout=0.5):
             break

@@ -78,11 +78,32 @@ def test_the_server_dies_with_its_watchdog_even_by_kill_9(tmp_path):
             child.kill()
 
 
-@pytest.mark.slow
-def test_deleting_prefect_home_stops_the_idle_project_server(tmp_path):
+def test_stop_leaves_a_process_that_took_a_dead_servers_pid(home):
+    stranger = subprocess.Popen(["sleep", "60"])  # server.json outlived a reboot: its pid is another's now
+    _server._write_state({"api_url": "http://127.0.0.1:9/api", "pid": stranger.pid, "server_pid": stranger.pid})
+    try:
+        _server.stop()
+        assert stranger.poll() is None, "stop() killed a process that only reused a dead server's pid"
+    finally:
+        stranger.kill()
+        stranger.wait()
+    assert not (home / "server.json").exists()
+
+
+def test_watch_returns_when_the_server_is_killed(home):
+    stand_in = subprocess.Popen(["sleep", "60"])
+    threading.Timer(0.3, stand_in.kill).start()
+    assert _server.watch(stand_in, idle_s=600, interval_s=0.1) == f"the server exited ({-signal.SIGKILL})"
+
+
+def _env(tmp_path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TRAINFLOW_"))}
-    env.update(PREFECT_HOME=str(tmp_path / ".prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               TRAINFLOW_PREFECT_PORT=str(free_port()), TRAINFLOW_PREFECT_IDLE_S="300", TRAINFLOW_PREFECT_WATCH_S="1")
+    return env | dict(PREFECT_HOME=str(tmp_path / ".prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                      TRAINFLOW_PREFECT_PORT=str(free_port()), TRAINFLOW_PREFECT_IDLE_S="300", TRAINFLOW_PREFECT_WATCH_S="1")
+
+
+def _start(tmp_path, env: dict) -> list[psutil.Process]:
+    """`flows._server url` as a stage calls it: the watchdog and its server, once it answers."""
     started = subprocess.run([sys.executable, "-m", "flows._server", "url"], cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=150)
     assert started.returncode == 0, started.stderr[-3000:]
@@ -90,12 +111,38 @@ def test_deleting_prefect_home_stops_the_idle_project_server(tmp_path):
     watchdog = psutil.Process(state["pid"])
     processes = [watchdog, *watchdog.children(recursive=True)]
     assert state["server_pid"] in [p.pid for p in processes]
+    return processes
+
+
+@pytest.mark.slow
+def test_deleting_prefect_home_stops_the_idle_project_server(tmp_path):
+    processes = _start(tmp_path, _env(tmp_path))
     try:
         shutil.rmtree(tmp_path / ".prefect")  # what `make clean` did, with the server idle
         start = time.monotonic()
         alive = psutil.wait_procs(processes, timeout=60)[1]
         assert not alive, f"still running a minute after .prefect/ was deleted: {[p.cmdline()[:4] for p in alive]}"
         print(f"server gone {time.monotonic() - start:.1f} s after .prefect/ was deleted")
+    finally:
+        for process in processes:
+            if process.is_running():
+                process.kill()
+
+
+@pytest.mark.slow
+def test_a_killed_server_is_replaced_by_the_next_stage_and_stop_stops_it(tmp_path):
+    env = _env(tmp_path)
+    killed = _start(tmp_path, env)
+    processes = list(killed)
+    try:
+        killed[0].kill()  # the watchdog, kill -9: its server follows, server.json stays behind
+        assert not psutil.wait_procs(killed, timeout=30)[1], "the server outlived its watchdog's kill -9"
+        assert (tmp_path / ".prefect" / "server.json").exists()
+        processes += _start(tmp_path, env)  # the next stage's call
+        stopped = subprocess.run([sys.executable, "-m", "flows._server", "stop"], cwd=tmp_path, env=env,
+                                 capture_output=True, text=True, timeout=60)
+        assert stopped.returncode == 0, stopped.stderr[-3000:]
+        assert not psutil.wait_procs(processes, timeout=30)[1], "`flows._server stop` left the new server running"
     finally:
         for process in processes:
             if process.is_running():
