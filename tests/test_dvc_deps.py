@@ -213,7 +213,8 @@ def test_every_dep_exists_or_is_made_by_a_stage(dvc_file, name, stage, variables
     absent = [p for p in _paths(stage.get("deps"))
               if not (dep := (wdir / _substitute(p, variables)).resolve()).exists()
               and dep not in outs and not dep.with_name(dep.name + ".dvc").exists()]
-    assert not absent, f"stage {_id(dvc_file, name)} ({dvc_file.relative_to(ROOT)}): deps that name no file, folder or stage output: {absent}"
+    where = f"{_id(dvc_file, name)} ({dvc_file.relative_to(ROOT)})"
+    assert not absent, f"stage {where}: deps that name no file, folder or stage output: {absent}"
 
 
 def test_the_walk_follows_submodule_relative_and_function_imports(tmp_path):
