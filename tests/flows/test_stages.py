@@ -47,7 +47,14 @@ def test_stages_chain_and_write_their_outputs(prefect_harness, project, params):
 
     headline = evaluate(params)
     metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
-    assert metrics == headline and 0 <= metrics["accuracy"] <= 1 and "gain_accuracy" in metrics
+    assert metrics == headline
+    # Better than guessing, even at the shrunk config's one epoch and five labels a class: accuracy
+    # above always answering the test split's most common digit (measured here: 0.300 vs 0.206,
+    # 54 of 180 rows right), and ranking above chance (micro ROC AUC 0.5; measured 0.64).
+    labels = pd.read_parquet(project / "data/repaired/target/test.parquet")[params.data.label]
+    majority = labels.value_counts(normalize=True).max()
+    assert metrics["accuracy"] > majority + 0.05 and metrics["roc_auc"] > 0.55, (str(metrics), majority)
+    assert metrics["gain_accuracy"] == pytest.approx(metrics["accuracy"] - metrics["scratch_accuracy"], abs=1e-6)
     assert (project / "reports/evaluate/figures/confusion.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -23,7 +23,12 @@ def test_classifier_and_plain_network_share_parameter_names():
     backbone = build_backbone({"kind": "cnn", "widths": [8]}, (1, 8, 8))
     module = Classifier(backbone, 3, {"name": "adam", "lr": 1e-3, "weight_decay": 0, "momentum": 0.9})
     network = Network(build_backbone({"kind": "cnn", "widths": [8]}, (1, 8, 8)), 3)
+    assert network.state_dict().keys() == module.state_dict().keys()
     network.load_state_dict(module.state_dict(), strict=True)
+    # Loaded weights make it the same function: what evaluate and export run is what was trained.
+    module.eval(), network.eval()
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(network(x), module(x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "rmsprop"])

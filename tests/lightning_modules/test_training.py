@@ -91,9 +91,25 @@ def test_batch_augment_keeps_shapes_and_mixes_labels(cfg):
     assert out.shape == x.shape and not torch.equal(out, x)
     if "mixup" in cfg or "cutmix" in cfg:
         assert target.shape == (8, 3) and torch.equal(target[:, 0].long(), y)
-        assert ((target[:, 2] >= 0) & (target[:, 2] <= 1)).all()
     else:
         assert torch.equal(target, y)
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mixed_targets_weigh_label_b_by_its_share_of_the_image(kind):
+    """Classifier's loss is (1 - w) * CE(a) + w * CE(b): w must be b's share of the mixed image, for
+    mixup (a blend) and cutmix (a pasted patch; kornia reports the area kept from a instead)."""
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 1, 8, 8), torch.arange(8)  # distinct labels: label b names the partner row
+    out, target = BatchAugment({kind: 1.0})(x.clone(), y)
+    a, b, w = target[:, 0].long(), target[:, 1].long(), target[:, 2]
+    assert torch.equal(a, y) and not torch.equal(b, y)
+    if kind == "mixup":
+        torch.testing.assert_close(out, (1 - w)[:, None, None, None] * x[a] + w[:, None, None, None] * x[b])
+    else:
+        from_b = ((out == x[b]) & (x[a] != x[b])).flatten(1).float().mean(1)
+        torch.testing.assert_close(from_b, w, rtol=0, atol=1e-6)
+    assert ((w > 0.01) & (w < 0.99)).sum() >= 4  # mixed for real, not a batch of untouched images
 
 
 @pytest.mark.parametrize(("task", "y"), [("binary", np.array([0, 1] * 16)), ("regression", np.linspace(0, 1, 32, dtype=np.float32))])

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from tasks.config import ConfigError, Params, load_params, parse_params
+from tasks.config import ConfigError, load_params, parse_params
 from tests.conftest import ROOT
 
 
@@ -11,8 +11,20 @@ def test_shipped_params_parse():
     assert params.dataset_names() == ["source", "target"]
 
 
-def test_defaults_parse_from_empty():
-    assert parse_params({}) == Params()
+def test_an_empty_params_file_gets_the_documented_defaults_that_decide_a_run():
+    """docs/params.md documents these: a run that leaves them out is seeded, stratified, quarantines
+    rather than guesses, and needs no GPU."""
+    params = parse_params({})
+    assert params.data.modality == "image" and params.data.image_shape == (1, 28, 28)
+    assert params.data.pixel_range == (0.0, 255.0)  # MNIST, the default ingest.source
+    split = params.ingest.split
+    assert (split.val, split.test, split.seed, split.stratify) == (0.15, 0.2, 42, True)
+    assert params.dataset_names() == ["source"]  # no ingest.datasets: one data set of every class
+    assert (params.train.seed, params.finetune.seed, params.compress.seed) == (42, 42, 42)
+    assert params.validate_.max_invalid_fraction == 0.05 and params.validate_.unknown_category == "quarantine"
+    assert params.repair.imbalance == "class_weight"
+    assert all(cfg.accelerator == "auto" for cfg in params.trainers().values())
+    assert params.evaluate.gate.vs_champion == ["accuracy"] and params.evaluate.gate.tolerance == 0.0
 
 
 def test_misspelled_key_names_path_and_allowed_keys():
