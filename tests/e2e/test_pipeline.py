@@ -61,7 +61,7 @@ def test_second_repro_is_up_to_date(repo):
     assert time.monotonic() - start < 10  # generous for CI; the README's figure is measured by hand
 
 
-def test_changing_finetune_params_reruns_only_finetune_and_evaluate(repo):
+def test_changing_finetune_params_reruns_only_finetune_evaluate_and_compress(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["finetune"]["labels_per_class"] = 3
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
