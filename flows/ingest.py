@@ -28,14 +28,17 @@ def ingest(params: Params) -> dict:
         frame = load_source(params)
     except OSError as e:  # still failing after the retries: name the source, no traceback
         raise UserError(f"{params.ingest.source.path or params.ingest.source.kind}: could not be read ({e})") from None
-    datasets = carve_and_split(frame, params.ingest, params.data)
+    datasets, notes = carve_and_split(frame, params.ingest, params.data)
     summary = {}
     for name, splits in datasets.items():
         for split, part in splits.items():
             save_frame(part, RAW / name / f"{split}.parquet")
         summary[name] = {split: len(part) for split, part in splits.items()}
-    save_json({"rows": len(frame), "datasets": summary}, REPORTS / "ingest.json")
+    notes = {key: note for key, note in notes.items() if note}
+    save_json({"rows": len(frame), "datasets": summary, **notes}, REPORTS / "ingest.json")
     print(f"ingested {len(frame)} rows into {summary}")
+    for key, note in notes.items():
+        print(f"  {key}: {note}")
     return summary
 
 

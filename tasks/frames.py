@@ -13,10 +13,11 @@ from tasks.config import DataConfig
 
 SPLITS = ("train", "val", "test")
 PIXEL_PREFIX = "px_"
+SOURCE_ID = "source_id"  # a file's own ids when they are not integers (tasks/ingest.py numbers the rows)
 
 
 def feature_columns(frame: pd.DataFrame, data: DataConfig) -> list[str]:
-    reserved = {data.id, data.label, "augmented_from"}
+    reserved = {data.id, data.label, "augmented_from", SOURCE_ID}
     return [c for c in frame.columns if c not in reserved]
 
 

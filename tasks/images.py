@@ -10,6 +10,7 @@ empty or unreadable file. Every bad row is counted and the first is named (row, 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,12 @@ def read_manifest(path: Path, data: DataConfig) -> pd.DataFrame:
     if data.image_shape is None or data.image_shape[0] not in MODES:
         raise UserError(f"{path}: image manifests need data.image_shape with 1, 3 or 4 channels")
     try:
-        manifest = pd.read_csv(path, encoding="utf-8", dtype={"path": "str"})
+        with warnings.catch_warnings():  # a first row with an extra field: an error, not a shifted read
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            manifest = pd.read_csv(path, encoding="utf-8", dtype={"path": "str"}, index_col=False)
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+    except (pd.errors.ParserError, pd.errors.ParserWarning, pd.errors.EmptyDataError) as e:
         raise UserError(f"{path}: not a readable CSV manifest ({' '.join(str(e).split())})") from None
     missing = [c for c in ("path", "label") if c not in manifest.columns]
     if missing:

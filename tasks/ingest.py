@@ -10,6 +10,10 @@ of val/test can leak into repairs or training.
 from __future__ import annotations
 
 import csv
+import gzip
+import math
+import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -18,7 +22,7 @@ from sklearn.model_selection import train_test_split
 
 from tasks.config import DataConfig, IngestConfig, SourceConfig
 from tasks.errors import UserError
-from tasks.frames import images_to_frame
+from tasks.frames import SOURCE_ID, images_to_frame
 
 
 def read_source(source: SourceConfig, data: DataConfig) -> pd.DataFrame:
@@ -62,75 +66,271 @@ def _read_rdataset(source: SourceConfig) -> pd.DataFrame:
 
 def _read_user_file(source: SourceConfig) -> pd.DataFrame:
     path = source.path
-    if not path.exists():
-        raise UserError(f"{path}: source file not found (ingest.source.path)")
+    try:
+        path.resolve(strict=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: source file not found (ingest.source.path)") from None
+    except (RuntimeError, OSError) as e:  # a symlink loop (RuntimeError before Python 3.13)
+        raise UserError(f"{path}: cannot be opened: a symbolic link loop or a broken path ({e})") from None
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; ingest.source.path names one {source.kind} file")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: source file is empty")
+    compression = _sniff(path, source.kind)
     try:
         if source.kind == "parquet":
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path, encoding="utf-8")
+            frame = read_csv(path, compression=compression)
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: source file has no columns") from None
+    except (pd.errors.ParserError, pd.errors.ParserWarning) as e:
+        raise UserError(f"{path}: {_ragged(str(e))}") from None
     except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
         raise UserError(f"{path}: cannot be read ({e.strerror})") from None
     except OSError:  # an I/O hiccup (a network drive, EIO): load_source retries it
         raise
     except Exception as e:  # pyarrow/pandas raise many types for damaged files
         raise UserError(f"{path}: cannot be read as {source.kind} ({type(e).__name__}: {e})") from None
-    header = _csv_header(path) if source.kind == "csv" else [str(c) for c in frame.columns]
+    header = _csv_header(path, compression) if source.kind == "csv" else [str(c) for c in frame.columns]
     duplicated = sorted({c for c in header if header.count(c) > 1})
     if duplicated:
         raise UserError(f"{path}: duplicate column names {duplicated}")
     if frame.empty:
         raise UserError(f"{path}: source file has a header but no rows")
-    if source.kind == "csv" and frame.shape[1] == 1:
-        # One column whose name holds another separator: the file is not comma-separated.
-        found = [sep for sep in (";", "\t", "|") if sep in str(frame.columns[0])]
-        if found:
-            raise UserError(f"{path}: one column only, and its header holds {found[0]!r}: "
-                            f"the file looks {found[0]!r}-separated; CSV sources must be comma-separated")
-    return frame
+    if source.kind == "csv":
+        _refuse_repeated_header(frame, path)
+    return _big_integers_as_text(frame)
 
 
-def _csv_header(path) -> list[str]:
+def _refuse_repeated_header(frame: pd.DataFrame, path) -> None:
+    # Files concatenated from several exports repeat the header mid-file; as data, its words would
+    # turn every numeric column to text and add a class named after the label column.
+    header = [str(c) for c in frame.columns]
+    candidates = frame[frame.iloc[:, 0].astype("str") == header[0]]  # one column first: cheap on big files
+    repeats = candidates.astype("str").eq(header).all(axis=1)
+    if repeats.any():
+        raise UserError(f"{path}: line {repeats.idxmax() + 2} repeats the header ({int(repeats.sum())} such line(s); "
+                        f"files joined together?): remove them")
+
+
+# The first bytes of files that are often saved under the wrong name: what each is, and what to do.
+MAGIC = [
+    (b"PK\x03\x04", "a ZIP archive (an Excel .xlsx workbook?)", "export the sheet as CSV (UTF-8)"),
+    (b"PAR1", "a Parquet file", "set ingest.source.kind: parquet"),
+    (b"\xd0\xcf\x11\xe0", "an old Excel .xls (OLE) file", "export the sheet as CSV (UTF-8)"),
+    (b"BZh", "bzip2-compressed", "decompress it first (bunzip2)"),
+    (b"\xfd7zXZ\x00", "xz-compressed", "decompress it first (unxz)"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it first (unzstd)"),
+    (b"\xff\xfe", "UTF-16 text", "re-save it as UTF-8"),
+    (b"\xfe\xff", "UTF-16 text", "re-save it as UTF-8"),
+    (b"%PDF", "a PDF document", "export the table as CSV (UTF-8)"),
+]
+
+
+def _sniff(path, kind: str) -> str | None:
+    """What the file's first bytes say it is, whatever its name: gzip is read as it is (pandas
+    decompresses it); a workbook, an archive or other text encodings get their own line; a CSV
+    source that is a Parquet file is named. Returns the compression to read a CSV with."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if kind == "parquet":
+        if not head.startswith(b"PAR1"):
+            looks = "text (a CSV? set ingest.source.kind: csv)" if b"\x00" not in head else "binary data"
+            raise UserError(f"{path}: not a Parquet file: it starts as {looks}")
+        return None
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    for magic, what, fix in MAGIC:
+        if head.startswith(magic):
+            raise UserError(f"{path}: is {what}, not CSV text: {fix}")
+    if b"\x00" in head:
+        raise UserError(f"{path}: holds NUL bytes: binary data, not CSV text")
+    header = head.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    found = [sep for sep in (";", "\t", "|") if sep in header and "," not in header]
+    if found:  # a header with no comma, but another separator: read as CSV it would be one column
+        raise UserError(f"{path}: one column only, and its header holds {found[0]!r}: "
+                        f"the file looks {found[0]!r}-separated; CSV sources must be comma-separated")
+    return None
+
+
+def read_csv(path, compression: str | None = None) -> pd.DataFrame:
+    """A CSV whose every line has the header's fields. pandas would take a first data line with one
+    field more than the header as an index column (shifting every value one column left), and only
+    warns when told not to: that warning is an error here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        return pd.read_csv(path, encoding="utf-8", compression=compression, index_col=False)
+
+
+def _ragged(message: str) -> str:
+    """pandas' 'Expected 4 fields in line 7, saw 5' in our words."""
+    found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
+    if "Length of header or names does not match" in message:
+        return ("line 2 has more fields than the header: a stray comma, or text holding commas that is not in "
+                "double quotes")
+    if not found:
+        return f"not a readable CSV file ({' '.join(message.split())})"
+    expected, line, saw = found.groups()
+    return (f"line {line} has {saw} fields, the header has {expected}: a stray comma, or text holding commas "
+            f"that is not in double quotes")
+
+
+def _big_integers_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    # Integers past 64 bits arrive as Python ints in an object column, which Parquet cannot store.
+    # As text they keep every digit; validate then reads a numeric column's values as floats and a
+    # text id column as ids.
+    big = [c for c in frame.columns if frame[c].dtype == object and frame[c].map(lambda v: isinstance(v, int)).any()]
+    return frame.astype({c: "str" for c in big}) if big else frame
+
+
+def _csv_header(path, compression: str | None = None) -> list[str]:
     # pandas renames a repeated header ("a", "a.1"); read the real one to catch duplicates.
-    with open(path, newline="", encoding="utf-8") as f:
+    opener = gzip.open if compression == "gzip" else open
+    with opener(path, "rt", newline="", encoding="utf-8") as f:
         return next(csv.reader(f), [])
 
 
 @task
-def carve_and_split(frame: pd.DataFrame, cfg: IngestConfig, data: DataConfig) -> dict[str, dict[str, pd.DataFrame]]:
-    """Split the frame into named data sets (by label), then each into train/val/test."""
+def carve_and_split(frame: pd.DataFrame, cfg: IngestConfig, data: DataConfig) -> tuple[dict[str, dict[str, pd.DataFrame]], dict]:
+    """Split the frame into named data sets (by label), then each into train/val/test. Also returns
+    what was normalised on the way (text ids, label spellings), for the ingest report."""
+    where = str(cfg.source.path or cfg.source.kind)
     if data.label not in frame.columns:
         raise UserError(f"label column '{data.label}' not found (data.label); columns are {list(frame.columns)[:10]}")
-    if data.id not in frame.columns:
-        frame = frame.reset_index(drop=True)
-        frame.insert(0, data.id, np.arange(len(frame), dtype=np.int64))
+    frame, notes = with_integer_ids(frame, data, cfg, where)
+    frame, notes["labels"] = clean_labels(frame, data, cfg, where)
     subsets = cfg.datasets or {"source": None}
     out = {}
     for name, classes in subsets.items():
         part = frame if classes is None else frame[frame[data.label].isin(classes)]
         if part.empty:
             raise UserError(f"ingest.datasets.{name}: no rows carry the labels {classes}")
-        out[name] = split_frame(part, cfg, data)
-    return out
+        out[name] = split_frame(part, cfg, data, where if classes is None else f"{where} (ingest.datasets.{name})")
+    return out, notes
 
 
-def split_frame(frame: pd.DataFrame, cfg: IngestConfig, data: DataConfig) -> dict[str, pd.DataFrame]:
-    """Stratified, seeded train/val/test split. Rows with no label (or an infinite one) cannot be
-    stratified: they go to train, where validation quarantines them with their reason."""
+def with_integer_ids(frame: pd.DataFrame, data: DataConfig, cfg: IngestConfig, where: str) -> tuple[pd.DataFrame, dict]:
+    """Every later stage names rows by an integer id (balance and augment number new rows after the
+    largest). Without an id column, rows are numbered from 0; ids that are not 64-bit integers (text,
+    floats, past 64 bits) are kept as given in `source_id`, beside integer row numbers."""
+    if data.id not in frame.columns:
+        frame = frame.reset_index(drop=True)
+        frame.insert(0, data.id, np.arange(len(frame), dtype=np.int64))
+        return frame, {}
+    ids = frame[data.id]
+    repeated = ids.duplicated(keep=False) & ids.notna()
+    if repeated.any():
+        first = repeated.idxmax()
+        raise UserError(f"{where}: id column '{data.id}' repeats {_shown(ids[first])} ({int(ids[repeated].nunique())} id(s) "
+                        f"repeated, first at {_at(first, cfg)}): ids must be unique; or drop the column, and rows are "
+                        f"numbered from 0")
+    if pd.api.types.is_integer_dtype(ids) and ids.dtype != np.uint64:
+        return frame, {}
+    if SOURCE_ID in frame.columns:
+        raise UserError(f"{where}: id column '{data.id}' holds text, and the column '{SOURCE_ID}' that would keep it "
+                        f"exists already: rename one")
+    as_text = ids.map(_id_text, na_action="ignore").astype("str")
+    frame = frame.reset_index(drop=True).assign(**{data.id: np.arange(len(frame), dtype=np.int64)})
+    frame.insert(1, SOURCE_ID, as_text.to_numpy())
+    return frame, {"text_ids": f"column '{data.id}' holds non-integer ids: kept in '{SOURCE_ID}', rows numbered from 0"}
+
+
+def _id_text(value) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def clean_labels(frame: pd.DataFrame, data: DataConfig, cfg: IngestConfig, where: str) -> tuple[pd.DataFrame, dict]:
+    """Refuse labels that would silently become wrong classes, or normalise them when asked to.
+
+    Text labels that differ only by surrounding whitespace, control characters or case would each
+    become a class of their own; a continuous float label would become hundreds of one-row classes."""
+    label = frame[data.label]
+    present = label.dropna()
+    if pd.api.types.is_float_dtype(label):
+        present = present[np.isfinite(present)]
+    if present.empty:
+        raise UserError(f"{where}: label column '{data.label}' has no values (data.label)")
+    if pd.api.types.is_float_dtype(present) and not (present == present.round()).all():
+        first = present[present != present.round()].index[0]
+        raise UserError(f"{where}: label column '{data.label}' holds continuous numbers ({present.nunique()} distinct, "
+                        f"e.g. {_shown(present[first])} at {_at(first, cfg)}): trainflow trains classifiers; bin the values "
+                        f"into classes")
+    if not (pd.api.types.is_string_dtype(present) or present.dtype == object):
+        return frame, {}
+    text = present.astype("str")
+    stripped = text.str.replace(CONTROL, "", regex=True).str.strip()
+    spellings = stripped.groupby(stripped.str.casefold()).agg(lambda s: s.value_counts().index.tolist())
+    merged = spellings[spellings.map(len) > 1]
+    problems = {"control characters": text.str.contains(CONTROL, regex=True),
+                "surrounding whitespace": text != text.str.strip()}
+    if not cfg.labels.normalise:
+        for what, hit in problems.items():
+            if hit.any():
+                first = hit.idxmax()
+                raise UserError(f"{where}: label column '{data.label}': {text[first]!r} at {_at(first, cfg)} has {what} "
+                                f"({int(hit.sum())} rows): fix the file, or set ingest.labels.normalise: true")
+        if len(merged):
+            names = merged.iloc[0]
+            raise UserError(f"{where}: label column '{data.label}': {names[0]!r} and {names[1]!r} differ only by case: "
+                            f"fix the file, or set ingest.labels.normalise: true")
+        return frame, {}
+    canonical = {spelling: spellings[key][0] for key, group in spellings.items() for spelling in group}
+    cleaned = stripped.map(canonical)
+    changed = cleaned != text
+    notes = {"normalised": int(changed.sum()), "examples": sorted({f"{a!r} -> {b!r}" for a, b in zip(text[changed], cleaned[changed])})[:5]}
+    frame = frame.copy()
+    frame.loc[present.index, data.label] = cleaned
+    return frame, notes if notes["normalised"] else {}
+
+
+CONTROL = r"[\x00-\x1f\x7f]"
+MIN_PER_CLASS = 3  # a stratified train/val/test split puts at least one row of a class in each
+
+
+def _shown(value) -> str:
+    return repr(value.item() if isinstance(value, np.generic) else value)  # 2, not np.int64(2)
+
+
+def _at(index, cfg: IngestConfig) -> str:
+    # The index of a freshly read file is its row order: a CSV line counts the header too.
+    return f"line {index + 2}" if cfg.source.kind in ("csv", "image_manifest") else f"row {index + 1}"
+
+
+def split_frame(frame: pd.DataFrame, cfg: IngestConfig, data: DataConfig, where: str = "source") -> dict[str, pd.DataFrame]:
+    """Seeded train/val/test split, stratified unless ingest.split.stratify is false. Rows with no
+    label (or an infinite one) cannot be stratified: they go to train, where validation quarantines
+    them with their reason."""
     label = frame[data.label]
     missing = label.isna() | (label.isin([np.inf, -np.inf]) if pd.api.types.is_float_dtype(label) else False)
     labelled, unlabelled = frame[~missing], frame[missing]
     counts = labelled[data.label].value_counts()
-    stratify = labelled[data.label] if counts.min() >= 3 else None
-    rest, test = train_test_split(labelled, test_size=cfg.split.test, random_state=cfg.split.seed, stratify=stratify)
-    val_share = cfg.split.val / (1 - cfg.split.test)
-    stratify = rest[data.label] if stratify is not None else None
-    train, val = train_test_split(rest, test_size=val_share, random_state=cfg.split.seed, stratify=stratify)
+    split = cfg.split
+    _check_size(len(labelled), len(counts) if split.stratify else 1, split, where)
+    if split.stratify and counts.min() < MIN_PER_CLASS:
+        rare = counts[counts < MIN_PER_CLASS]
+        first = labelled.index[labelled[data.label] == rare.index[-1]][0]
+        raise UserError(f"{where}: label column '{data.label}': class {_shown(rare.index[-1])} has {rare.iloc[-1]} row(s) "
+                        f"(e.g. {_at(first, cfg)}; {len(rare)} such class(es)); a stratified split needs {MIN_PER_CLASS} "
+                        f"a class: add rows, merge or drop the class, or set ingest.split.stratify: false")
+    stratify = labelled[data.label] if split.stratify else None
+    rest, test = train_test_split(labelled, test_size=split.test, random_state=split.seed, stratify=stratify)
+    val_share = split.val / (1 - split.test)
+    stratify = rest[data.label] if split.stratify else None
+    train, val = train_test_split(rest, test_size=val_share, random_state=split.seed, stratify=stratify)
     train = pd.concat([train, unlabelled])
     return {name: part.sort_values(data.id).reset_index(drop=True) for name, part in (("train", train), ("val", val), ("test", test))}
+
+
+def _check_size(rows: int, classes: int, split, where: str) -> None:
+    """Every split must get a row of every class it stratifies on (sklearn's own rounding)."""
+    test = math.ceil(split.test * rows)
+    val = math.ceil(split.val / (1 - split.test) * (rows - test))
+    train = rows - test - val
+    if min(train, val, test) < classes:
+        need = classes if classes > 1 else 1
+        raise UserError(f"{where}: {rows} labelled row(s) split into {train} train, {val} val, {test} test "
+                        f"(ingest.split val={split.val}, test={split.test}): each split needs at least {need} "
+                        f"row(s){' (one a class)' if classes > 1 else ''}: add rows")

