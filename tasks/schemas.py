@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
 from tasks.config import ColumnSchema, DataConfig, SchemaConfig
+from tasks.frames import SOURCE_ID
 
 NUMERIC = ("float", "int")
 
@@ -38,7 +40,7 @@ def repaired_schema(data: DataConfig, features: Sequence[str], classes: Sequence
                     binary: Sequence[str] = (), scaled: Sequence[str] = ()) -> pa.DataFrameSchema:
     """`binary`: columns repair made that hold 0/1 only; `scaled`: rescaled columns (ranges no longer apply)."""
     spec = spec or SchemaConfig()
-    columns = _key_columns(data, classes)
+    columns = _key_columns(data, classes, made_rows=True)
     checks = []
     if data.modality == "image":
         checks.append(pixel_check(list(features), *data.pixel_range, nullable=False))
@@ -57,9 +59,11 @@ def augmented_schema(data: DataConfig, features: Sequence[str], classes: Sequenc
     return repaired_schema(data, features, classes).add_columns(lineage).set_name("Augmented")
 
 
-def _key_columns(data: DataConfig, classes: Sequence) -> dict[str, pa.Column]:
+def _key_columns(data: DataConfig, classes: Sequence, made_rows: bool = False) -> dict[str, pa.Column]:
+    """`made_rows`: repair and augment add rows (synthetic, augmented) that no file gave an id to."""
     return {
         data.id: pa.Column(int, unique=True, nullable=False),
+        SOURCE_ID: pa.Column(str, unique=not made_rows, nullable=made_rows, required=False),
         data.label: pa.Column(checks=pa.Check.isin(list(classes), error="known class"), nullable=False),
     }
 
@@ -98,6 +102,8 @@ def _range_checks(column: ColumnSchema) -> list[pa.Check]:
 
 def _value_checks(column: ColumnSchema, known: Sequence | None) -> list[pa.Check]:
     checks = _range_checks(column)
+    if column.dtype in NUMERIC:  # an infinite value would turn a scaler's mean, and then training, to NaN
+        checks.append(pa.Check(lambda s: ~np.isinf(s), element_wise=False, name="finite", error="finite"))
     if column.dtype == "int":
         checks.append(pa.Check(lambda s: s.isna() | (s == s.round()), element_wise=False, name="integer", error="integer"))
     if column.isin is not None:

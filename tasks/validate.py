@@ -62,16 +62,18 @@ def validate_split(frame: pd.DataFrame, data: DataConfig, classes: Sequence, cfg
     if known and cfg.unknown_category == "missing":
         frame, report.unknown_set_missing = _unknown_to_missing(frame, known, spec)
     schema = validated_schema(data, features, classes, spec, known)
+    numbers, text_cells = _text_in_numbers(frame, features, spec) if data.modality == "tabular" else (frame, _NO_CELLS)
     try:
-        schema.validate(frame, lazy=True)
-        failures = pd.DataFrame(columns=["column", "check", "failure_case", "index"])
+        schema.validate(numbers.drop(index=text_cells["index"].unique()), lazy=True)
+        failures = _NO_CELLS
     except pa.errors.SchemaErrors as e:
         failures = _one_row_per_cell(e.failure_cases)
     frame_level = failures[failures["index"].isna()]
     report.fatal = [f"column '{r.column}': {r.check} (got {r.failure_case})" for r in frame_level.itertuples()]
-    rows = failures[failures["index"].notna()].drop_duplicates(["index", "column", "check"]).copy()
+    rows = pd.concat([text_cells, failures[failures["index"].notna()]], ignore_index=True)
+    rows = rows.drop_duplicates(["index", "column", "check"]).astype({"index": frame.index.dtype})
     rows["reason"] = [f"{c}: {k} (got {v!r})" for c, k, v in zip(rows["column"], rows["check"], rows["failure_case"])]
-    reasons = rows.groupby("index")["reason"].agg("; ".join)
+    reasons = rows.groupby("index", sort=True)["reason"].agg("; ".join)
 
     quarantine = frame.loc[reasons.index].copy()
     quarantine[REASON] = reasons.to_numpy()
@@ -82,6 +84,29 @@ def validate_split(frame: pd.DataFrame, data: DataConfig, classes: Sequence, cfg
     if data.modality == "image":
         report.images = _image_findings(valid, features)
     return valid.reset_index(drop=True), _stringify_mixed(quarantine).reset_index(drop=True), report
+
+
+_NO_CELLS = pd.DataFrame({"column": [], "check": [], "failure_case": [], "index": []})
+
+
+def _text_in_numbers(frame: pd.DataFrame, features: list[str], spec: SchemaConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cells of a numeric column that hold text (a decimal comma, a spreadsheet's #VALUE!, a header
+    repeated mid-file), one row per cell in pandera's failure-case shape, and the frame with those
+    columns as numbers. Found here, before the schema: pandera would coerce them and then compare
+    text with a declared bound, which fails the whole column instead of the rows."""
+    cells, numbers = [], {}
+    for column in features:
+        declared = spec.columns[column].dtype if column in spec.columns else "float"
+        series = frame[column]
+        if declared not in NUMERIC or pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+            continue
+        parsed = pd.to_numeric(series, errors="coerce")
+        text = series.notna() & parsed.isna()
+        cells += [{"column": column, "check": f"wrong dtype: expected {declared}, got text", "failure_case": value,
+                   "index": index} for index, value in series[text].items()]
+        numbers[column] = parsed
+    found = pd.DataFrame(cells) if cells else _NO_CELLS
+    return (frame.assign(**numbers) if numbers else frame), found
 
 
 def categories_seen(train: pd.DataFrame, spec: SchemaConfig) -> dict[str, list]:
