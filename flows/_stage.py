@@ -82,10 +82,29 @@ def run_stage(flow, params_path: str = "params.yaml") -> None:
     with checkout_lock(flow.name):
         try:
             params: Params = load_params(params_path)
+            refuse_absent_hardware(params, params_path)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         sys.exit(run_flow(flow, params))
+
+
+def refuse_absent_hardware(params: Params, source: str = "params.yaml") -> None:
+    """Every stage checks the hardware its trainers ask for, so `accelerator: gpu` on a machine
+    without one stops the first stage, not train after four. torch is imported only when a trainer
+    asks for more than this machine's CPU."""
+    asked = {key: cfg for key, cfg in params.trainers().items()
+             if cfg.accelerator not in ("auto", "cpu") or cfg.precision == "16-mixed" or cfg.strategy == "fsdp"
+             or cfg.num_nodes > 1}
+    if not asked:
+        return
+    from tasks.train import plan
+
+    for key, cfg in asked.items():
+        try:
+            plan(cfg, key)
+        except UserError as e:
+            raise ConfigError(f"{source}: {e}") from None
 
 
 def run_flow(flow, *args, **kwargs) -> int:

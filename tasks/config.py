@@ -84,6 +84,9 @@ class SplitConfig(Strict):
     val: SplitFraction = Field(0.15, description="Fraction of the rows held out for validation.")
     test: SplitFraction = Field(0.2, description="Fraction of the rows held out for the test split.")
     seed: int = Field(42, description="Seed of the split.")
+    stratify: bool = Field(
+        True, description="Keep each class's share in every split. A class with fewer than 3 rows cannot be stratified: "
+                          "ingest stops and names it, unless this is false.")
 
     @model_validator(mode="after")
     def _leaves_train(self) -> SplitConfig:
@@ -92,9 +95,19 @@ class SplitConfig(Strict):
         return self
 
 
+class LabelsConfig(Strict):
+    """What ingest does with text labels that differ only by whitespace, control characters or case."""
+
+    normalise: bool = Field(
+        False, description="true: strip surrounding whitespace and control characters from text labels and merge "
+                           "spellings that differ only by case into the most frequent one (counted in "
+                           "reports/ingest.json); false: such labels stop ingest with one line naming them.")
+
+
 class IngestConfig(Strict):
     source: SourceConfig = Field(SourceConfig(), description="Where the rows come from.")
     split: SplitConfig = Field(SplitConfig(), description="How each data set is split.")
+    labels: LabelsConfig = Field(LabelsConfig(), description="Label hygiene.")
     datasets: dict[str, list[int | str]] = Field(
         default_factory=dict,
         description="Named subsets by label, each split on its own (name: [labels]). Transfer learning: train on "
@@ -446,13 +459,13 @@ class FinetuneConfig(Strict):
     optimizer: OptimizerConfig = Field(OptimizerConfig(), description="The optimiser and its schedule.")
     trainer: TrainerConfig = Field(TrainerConfig(max_epochs=20, batch_size=64), description="The training loop and hardware.")
 
-    @model_validator(mode="after")
-    def _known_source(self) -> FinetuneConfig:
-        source = self.init_from
+    @field_validator("init_from")
+    @classmethod
+    def _known_source(cls, source: str) -> str:
         if source in ("train", "scratch") or source.lower().endswith(WEIGHT_SUFFIXES):
-            return self
+            return source
         if source.startswith("package:") and source.removeprefix("package:") in PACKAGED_MODELS:
-            return self
+            return source
         raise ValueError(f"expected train, scratch, package:<{' | '.join(PACKAGED_MODELS)}> or a weights file "
                          f"ending in {', '.join(WEIGHT_SUFFIXES)}")
 
@@ -620,6 +633,14 @@ class Params(Strict):
     def dataset_names(self) -> list[str]:
         return list(self.ingest.datasets) or ["source"]
 
+    def trainers(self) -> dict[str, TrainerConfig]:
+        """Every training loop params declares, by its key."""
+        loops = {"train.trainer": self.train.trainer, "finetune.trainer": self.finetune.trainer,
+                 "compress.prune_trainer": self.compress.prune_trainer}
+        if self.compress.distill is not None:
+            loops["compress.distill.trainer"] = self.compress.distill.trainer
+        return loops
+
 
 # -------------------------------------------------------------------------------------- loading
 class ConfigError(UserError):
@@ -629,12 +650,28 @@ class ConfigError(UserError):
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     return parse_params(raw or {}, source=str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key written twice in one mapping: YAML keeps the last silently,
+    so the setting a user reads first would not be the one that runs."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
@@ -658,7 +695,10 @@ def describe_error(error: ValidationError, source: str) -> str:
     if first["type"] == "missing":
         return f"{source}: {key}: required key is missing"
     message = first["msg"].removeprefix("Value error, ")
-    return f"{source}: {key}: got {given!r}; {message[0].lower()}{message[1:]}"
+    message = message[0].lower() + message[1:]
+    if isinstance(given, (dict, list)):  # a check across a whole block: its keys, not its contents
+        return f"{source}: {key}: {message}"
+    return f"{source}: {key}: got {given!r}; {message}"
 
 
 def _allowed_keys(loc: list[str]) -> list[str]:
