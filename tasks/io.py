@@ -7,6 +7,7 @@ Every load turns a missing or unreadable file into a `UserError` that names the 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -23,20 +24,29 @@ from tasks.errors import UserError
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto `path` only on success."""
     path = Path(path)
+    blocking = next((folder for folder in reversed(path.parents) if folder.is_file()), None)
+    if blocking is not None:
+        raise UserError(f"{blocking}: is a file where trainflow keeps a folder of outputs ({path}): move it away")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise UserError(f"{path.parent}: cannot write outputs here ({e.strerror})") from None
+        raise UserError(f"{path.parent}: cannot write outputs here ({_why(e)})") from None
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"{path}: could not be written ({e.strerror})") from None
+    except OSError as e:  # pyarrow's and safetensors' write errors are OSErrors too
+        raise UserError(f"{path}: could not be written ({_why(e)})") from None
     finally:
         if os.path.exists(tmp):
-            os.unlink(tmp)
+            os.unlink(tmp)  # a full disk leaves no half-written file behind
+
+
+def _why(error: OSError) -> str:
+    if error.errno == errno.ENOSPC or "No space left" in str(error):
+        return "the disk is full: free some space and rerun; the earlier outputs are unchanged"
+    return error.strerror or " ".join(str(error).split())
 
 
 def save_frame(frame: pd.DataFrame, path: str | Path) -> None:
