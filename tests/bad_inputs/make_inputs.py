@@ -117,6 +117,219 @@ def many_invalid_csv() -> bytes:
     return csv(frame)
 
 
+# Encodings, compression and files saved under the wrong name.
+def gzip_csv() -> bytes:
+    import gzip
+
+    return gzip.compress(good_csv(), mtime=0)
+
+
+def bzip2_csv() -> bytes:
+    import bz2
+
+    return bz2.compress(good_csv())
+
+
+def xlsx_as_csv() -> bytes:
+    import zipfile
+
+    buffer = io.BytesIO()  # the container of every .xlsx workbook: a ZIP of XML parts
+    with zipfile.ZipFile(buffer, "w") as book:
+        book.writestr("[Content_Types].xml", "<Types/>")
+        book.writestr("xl/workbook.xml", "<workbook/>")
+    return buffer.getvalue()
+
+
+def parquet_table() -> bytes:
+    return parquet(table())
+
+
+def utf16_csv() -> bytes:
+    return table().to_csv(index=False).encode("utf-16")  # with its byte-order mark, as Excel's "Unicode text"
+
+
+def utf8_bom_csv() -> bytes:
+    return b"\xef\xbb\xbf" + good_csv()
+
+
+def windows_1252_csv() -> bytes:
+    frame = table()
+    frame.loc[9, "color"] = "\u201cred\u201d"  # curly quotes: 0x93/0x94 in cp1252
+    return frame.to_csv(index=False).encode("cp1252")
+
+
+def nul_bytes_csv() -> bytes:
+    return good_csv()[:40] + b"\x00\x00\x00" + good_csv()[40:]
+
+
+def crlf_csv() -> bytes:
+    return good_csv().replace(b"\n", b"\r\n")
+
+
+# Spreadsheet exports and hand-edited files.
+def ragged_csv() -> bytes:
+    lines = good_csv().decode().splitlines()
+    lines[6] += ",extra"  # line 7 of the file: one field too many
+    return ("\n".join(lines) + "\n").encode()
+
+
+def short_rows_csv() -> bytes:
+    lines = good_csv().decode().splitlines()
+    for line in (3, 11, 25):  # the rows with ids 2, 10 and 24 stop after x2: no color, no label
+        lines[line] = ",".join(lines[line].split(",")[:2])
+    return ("\n".join(lines) + "\n").encode()
+
+
+def repeated_header_csv() -> bytes:
+    lines = good_csv().decode().splitlines()
+    lines.insert(31, lines[0])  # two exports joined: the header again at line 32
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _with_text_in_x2(rows: list[int], values: list[str]) -> bytes:
+    frame = table().astype({"x2": object})
+    frame.loc[rows, "x2"] = values
+    return csv(frame)
+
+
+def decimal_comma_csv() -> bytes:
+    return _with_text_in_x2([5, 12], ["1,5", "7,25"])  # a locale's decimal comma, quoted by the CSV writer
+
+
+def spreadsheet_errors_csv() -> bytes:
+    return _with_text_in_x2([3, 30], ["#VALUE!", "#DIV/0!"])
+
+
+def thousands_separator_csv() -> bytes:
+    return _with_text_in_x2([8], ["1,234"])
+
+
+def european_csv() -> bytes:
+    return table().to_csv(index=False, sep=";", decimal=",").encode()
+
+
+def inf_feature_csv() -> bytes:
+    frame = table()
+    frame.loc[[6, 19], "x1"] = np.inf
+    return csv(frame)
+
+
+def int_with_decimals_csv() -> bytes:
+    frame = table().assign(count=np.arange(ROWS) % 7).astype({"count": float})
+    frame.loc[[4], "count"] = 2.5
+    return csv(frame)
+
+
+# Sizes, names and ids.
+def rows_csv(n: int) -> bytes:
+    return csv(table().head(n))
+
+
+def one_row_csv() -> bytes:
+    return rows_csv(1)
+
+
+def two_rows_csv() -> bytes:
+    return rows_csv(2)
+
+
+def whitespace_only() -> bytes:
+    return b"\n  \n\n"
+
+
+def no_header_csv() -> bytes:
+    return good_csv().split(b"\n", 1)[1]  # the first data row reads as the header
+
+
+def only_id_and_label_csv() -> bytes:
+    return csv(table()[["label"]].assign(id=np.arange(ROWS)))
+
+
+def unicode_columns_csv() -> bytes:
+    return csv(table().rename(columns={"x1": "Größe (cm)", "x2": "poids, kg"}))
+
+
+def empty_header_name_csv() -> bytes:
+    return csv(table()).replace(b"x2,", b",", 1)  # a column with no name: pandas calls it "Unnamed: 1"
+
+
+def _with_ids(ids) -> bytes:
+    frame = table()
+    frame.insert(0, "id", ids)
+    return csv(frame)
+
+
+def text_ids_csv() -> bytes:
+    return _with_ids([f"cust-{i:04d}" for i in range(ROWS)])
+
+
+def duplicate_ids_csv() -> bytes:
+    ids = list(range(ROWS))
+    ids[12] = 7
+    return _with_ids(ids)
+
+
+def float_ids_csv() -> bytes:
+    ids = np.arange(ROWS, dtype=float) + 100
+    ids[5] = np.nan  # a missing id turns the column to floats: 100.0, 101.0, ...
+    return _with_ids(ids)
+
+
+def big_ids_csv() -> bytes:
+    return _with_ids([str(2**70 + i) for i in range(ROWS)])
+
+
+def big_feature_csv() -> bytes:
+    frame = table().astype({"x2": object})
+    frame.loc[[3], "x2"] = str(10**30)
+    return csv(frame)
+
+
+# Labels.
+def _with_labels(labels) -> bytes:
+    return csv(table().assign(label=labels))
+
+
+def empty_label_csv() -> bytes:
+    return _with_labels([np.nan] * ROWS)
+
+
+def whitespace_labels_csv() -> bytes:
+    labels = ["Adelie", "Gentoo"] * (ROWS // 2)
+    labels[9], labels[20] = "Gentoo ", " Adelie"
+    return _with_labels(labels)
+
+
+def case_labels_csv() -> bytes:
+    labels = ["Adelie", "Gentoo"] * (ROWS // 2)
+    labels[14] = "adelie"
+    return _with_labels(labels)
+
+
+def control_labels_csv() -> bytes:
+    labels = ["Adelie", "Gentoo"] * (ROWS // 2)
+    labels[3] = "Gentoo\x07"
+    return _with_labels(labels)
+
+
+def one_row_class_csv() -> bytes:
+    labels = list(np.arange(ROWS) % 2)
+    labels[33] = 2  # a third class with one row
+    return _with_labels(labels)
+
+
+def float_labels_csv() -> bytes:
+    return _with_labels(np.random.default_rng(0).normal(50, 10, ROWS).round(2))
+
+
+def bool_labels_csv() -> bytes:
+    return _with_labels(np.arange(ROWS) % 2 == 0)
+
+
+def nested_parquet() -> bytes:
+    return parquet(table().assign(x2=[[1.0, 2.0]] * ROWS))  # a list in every cell
+
+
 def _raw_split(split: str) -> bytes:
     """Raw splits written straight to data/raw (as ingest would), so a category can be placed in
     test only: the case is about validate, not about where a random split puts a row."""

@@ -10,6 +10,7 @@ repaired (in the ledger), and every input row accounted for.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -96,14 +97,18 @@ def test_bad_input(case: Case, tmp_path, stage_env, request):
     for path, build in case.files.items():  # a case's own params.yaml (text) replaces the generated one
         (folder / path).parent.mkdir(parents=True, exist_ok=True)
         (folder / path).write_bytes(build.encode() if isinstance(build, str) else build())
-    inputs = ["params.yaml", *case.files]
+    for link, target in case.links.items():
+        (folder / link).parent.mkdir(parents=True, exist_ok=True)
+        (folder / link).symlink_to(target)
+    inputs = ["params.yaml", *(f for f in case.files if not (folder / f).is_dir())]
     before = digest(folder, inputs)
 
     results = []
-    for stage in case.stages:  # stop at the first failure, as `dvc repro` does
-        results.append(run_stage(stage, folder, stage_env))
-        if results[-1].returncode != 0:
-            break
+    with full_disk(folder / case.full_disk) if case.full_disk else contextlib.nullcontext():
+        for stage in case.stages:  # stop at the first failure, as `dvc repro` does
+            results.append(run_stage(stage, folder, stage_env))
+            if results[-1].returncode != 0:
+                break
     output = "".join(r.stdout + r.stderr for r in results)
     assert "Traceback" not in output, output[-4000:]
     assert digest(folder, inputs) == before, "a stage changed its inputs"
@@ -123,6 +128,26 @@ def test_bad_input(case: Case, tmp_path, stage_env, request):
         _check_quarantine(folder, case.quarantine)
     if case.repair:
         _check_repair(folder, case.repair)
+    for path, pattern in case.produces.items():
+        assert re.search(pattern, (folder / path).read_text()), f"{path}: {(folder / path).read_text()[:2000]}"
+
+
+@contextlib.contextmanager
+def full_disk(folder: Path):
+    """`folder` on a tmpfs with no byte left: every write in it fails as on a full disk."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        filler = open(folder / ".filler", "wb", buffering=0)
+        try:
+            while True:
+                filler.write(b"\0" * 4096)
+        except OSError:  # ENOSPC: full
+            filler.close()
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 def _check_quarantine(folder: Path, expect: dict) -> None:
