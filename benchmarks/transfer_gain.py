@@ -31,7 +31,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_modules.transfer import TransferSchedule, group_prefixes, layer_groups  # noqa: E402
-from tasks.config import Params, load_params  # noqa: E402
+from tasks.config import Params, load_params, parse_params  # noqa: E402
 from tasks.evaluate import predict  # noqa: E402
 from tasks.finetune import (augment_labels, balanced_weights, few_labels, keep_classes, replay_rows, schedule,  # noqa: E402
                             seed_joint_head, with_replay)
@@ -75,7 +75,8 @@ def main() -> None:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(value)
-    recipe = copy.deepcopy(raw)  # what the figures hold for: params.yaml with --set (what `--record` keys them by)
+    # What the figures hold for (what `--record` keys them by): params.yaml with --set, every default included.
+    recipe = parse_params(copy.deepcopy(raw)).model_dump(mode="json", by_alias=True)
     for stage in ("train", "finetune"):  # a study prints its own table: no progress bars or dvclive
         raw[stage]["trainer"].update(progress_bar=False, logger="none")
     if args.source_epochs:

