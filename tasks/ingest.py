@@ -9,6 +9,7 @@ of val/test can leak into repairs or training.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import math
@@ -82,8 +83,8 @@ def _read_user_file(source: SourceConfig) -> pd.DataFrame:
             frame = pd.read_parquet(path)
         else:
             frame = read_csv(path, compression=compression)
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text ({_first_bad_byte(path, compression)}); re-save it as UTF-8") from None
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: source file has no columns") from None
     except (pd.errors.ParserError, pd.errors.ParserWarning) as e:
@@ -163,6 +164,20 @@ def read_csv(path, compression: str | None = None) -> pd.DataFrame:
     with warnings.catch_warnings():
         warnings.simplefilter("error", pd.errors.ParserWarning)
         return pd.read_csv(path, encoding="utf-8", compression=compression, index_col=False)
+
+
+def _first_bad_byte(path, compression: str | None) -> str:
+    """Where the first byte that is not UTF-8 sits: pandas decodes in chunks, so its offset is not the file's."""
+    decoder, offset, line = codecs.getincrementaldecoder("utf-8")(), 0, 1
+    with (gzip.open if compression == "gzip" else open)(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                line += chunk.count(b"\n", 0, e.start)
+                return f"line {line}, byte 0x{chunk[e.start]:02x} at offset {offset + e.start}"
+            offset, line = offset + len(chunk), line + chunk.count(b"\n")
+    return "at its end"
 
 
 def _ragged(message: str) -> str:

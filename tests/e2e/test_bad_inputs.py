@@ -122,6 +122,7 @@ def test_bad_input(case: Case, tmp_path, stage_env, request):
         errors = [line for line in last.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1, last.stderr[-3000:]
         assert re.search(case.error, errors[0]), errors[0]
+        print(errors[0])  # pytest -rP lists every case's line (docs/bad-inputs.md quotes them)
         return
     assert last.returncode == 0 and len(results) == len(case.stages), last.stderr[-3000:]
     if case.quarantine:

@@ -3,6 +3,7 @@
 - `kill -9` of `dvc repro` in the middle of training: the stage goes with it (warm or cold), and a
   rerun resumes the checkpoints and ends with the weights of a run that was never interrupted.
 - A second stage in the same checkout, while one runs: one line, exit 1, and nothing else happens.
+- `kill -9` of `dvc repro` as any other stage starts: nothing is left behind, and the rerun completes.
 """
 
 from __future__ import annotations
@@ -197,3 +198,42 @@ def test_kill_9_of_dvc_repro_during_train_leaves_no_stage_and_the_rerun_complete
         whole = _dvc(project, "repro", "--force", "--single-item", "train")
         assert "resume:" not in whole.stdout + whole.stderr
         assert _weights(project) == digest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["ingest", "validate", "repair", "augment", "finetune", "evaluate", "compress"])
+def test_kill_9_of_dvc_repro_during_any_stage_leaves_nothing_and_the_rerun_completes(project, stage):
+    """Every stage, not only train: killed as soon as its process starts, it leaves no process, and
+    the next `dvc repro` of it completes without a traceback (a stage killed mid-write left no torn
+    output that the rerun would trip on)."""
+    if stage in ("finetune", "evaluate", "compress"):
+        _dvc(project, "repro", "--single-item", *_upstream(stage))  # their inputs, built once
+    log = (project.parent / f"killed-{stage}.log").open("w+")
+    dvc = subprocess.Popen(["dvc", "repro", "--force", "--single-item", stage], cwd=project, env=_env(project),
+                           stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while not (running := [p for p in _stages(project) if p.pid != dvc.pid and _is_stage(p)]):
+        assert dvc.poll() is None, log.seek(0) or log.read()[-3000:]
+        assert time.monotonic() < deadline, f"no {stage} process within 60 s"
+        time.sleep(0.02)
+    dvc.kill()
+    dvc.wait()
+    left = [p for p in psutil.wait_procs(running, timeout=5)[1] if _alive(p)]
+    assert not left, f"left behind: {[(p.pid, p.cmdline()[:4]) for p in left]}"
+    deadline = time.monotonic() + 5  # the warm runner's fork, which did the work, goes too
+    while (others := _stages(project)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not others, f"left behind: {[(p.pid, p.cmdline()[:4]) for p in others]}"
+    rerun = _dvc(project, "repro", "--single-item", stage)
+    assert "Traceback" not in rerun.stdout + rerun.stderr, rerun.stderr[-3000:]
+
+
+def _upstream(stage: str) -> list[str]:
+    return {"finetune": ["train"], "evaluate": ["train", "finetune"], "compress": ["train", "finetune", "evaluate"]}[stage]
+
+
+def _is_stage(process: psutil.Process) -> bool:
+    try:
+        return any("flows." in part for part in process.cmdline())  # the stage, or the shell dvc runs it with
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
