@@ -29,7 +29,7 @@ class Strict(BaseModel):
     The models are the one source of defaults. A block written in part keeps its default's other
     settings (`finetune.trainer: {max_epochs: 5}` keeps finetune's batch_size of 64, not the generic
     128). A key that only some choices read (`keys_for`: the choosing field, then key -> the choices
-    that read it) is refused when set for another choice: it would do nothing."""
+    that read it) is refused when set away from its default for another choice: it would do nothing."""
 
     # allow_inf_nan=False: `.inf`, `.nan` are refused everywhere (an infinite learning rate trained a
     # NaN model; a NaN bound made every row invalid).
@@ -49,6 +49,11 @@ class Strict(BaseModel):
                 merged[key] = default.explicit_settings(given)
         return merged
 
+    def is_default(self, key: str) -> bool:
+        # A key at its default changes nothing whoever reads it: a saved config dumps every key, and
+        # `path: null` beside a packaged source says "none".
+        return getattr(self, key) == type(self).model_fields[key].get_default(call_default_factory=True)
+
     def explicit_settings(self, given: dict) -> dict:
         """`given` on top of the settings this default was built with, unless it picks another choice."""
         chooser = self.keys_for[0] if self.keys_for else None
@@ -61,8 +66,8 @@ class Strict(BaseModel):
         if self.keys_for:
             chooser, readers = self.keys_for
             choice = getattr(self, chooser)
-            idle = sorted(key for key in self.model_fields_set
-                          if key in readers and choice not in readers[key] and getattr(self, key) is not None)
+            idle = sorted(key for key in self.model_fields_set if key in readers and choice not in readers[key]
+                          and not self.is_default(key))
             if idle:
                 raise ValueError(f"{idle[0]} does nothing with {chooser}: {choice} (read by {' and '.join(readers[idle[0]])} "
                                  f"only): remove it")
@@ -250,7 +255,7 @@ class MissingConfig(MissingRule):
         # n_neighbors and max_iter serve every column imputed with knn / iterative, overrides included.
         used = {self.strategy, *(rule.strategy for rule in self.columns.values())}
         for key, strategy in (("n_neighbors", "knn"), ("max_iter", "iterative")):
-            if key in self.model_fields_set and strategy not in used:
+            if key in self.model_fields_set and strategy not in used and not self.is_default(key):
                 raise ValueError(f"{key} does nothing: no column is imputed with {strategy}: remove it")
         return self
 

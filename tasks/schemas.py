@@ -1,10 +1,11 @@
 """The pandera schemas at each boundary, built from params at run time.
 
-Raw -> Validated -> Repaired -> Augmented, each stricter than the one before:
-- Raw: ids unique, a label on every row, every declared column present and of its declared dtype
-  (coerced: a CSV may hold "12" or 12.0); missing values are allowed where `nullable`.
-- Validated: Raw plus the declared values: ranges (ge/le), allowed values (isin), regex, unique,
-  integers, categories known from train; images inside the pixel range.
+Validated -> Repaired -> Augmented, each stricter than the one before:
+- Validated (what validate checks the raw splits against): ids unique, a label on every row, every
+  declared column present and of its declared dtype (coerced: a CSV may hold "12" or 12.0; missing
+  values allowed where `nullable`), and the declared values: ranges (ge/le), finite numbers,
+  allowed values (isin), regex, unique, integers, categories known from train; images inside the
+  pixel range.
 - Repaired: what repair promised: every feature numeric and present (no missing value left),
   declared ranges still hold, indicator and one-hot columns 0/1.
 - Augmented: Repaired plus an `augmented_from` lineage column.
@@ -26,14 +27,21 @@ from tasks.frames import SOURCE_ID
 NUMERIC = ("float", "int")
 
 
-def raw_schema(data: DataConfig, features: Sequence[str], classes: Sequence, spec: SchemaConfig | None = None) -> pa.DataFrameSchema:
-    return _schema("Raw", data, features, classes, spec or SchemaConfig(), values=False, known={})
-
-
 def validated_schema(data: DataConfig, features: Sequence[str], classes: Sequence, spec: SchemaConfig | None = None,
                      known: Mapping[str, Sequence] | None = None) -> pa.DataFrameSchema:
-    """Raw plus every declared value check; `known` holds train's categories for val/test."""
-    return _schema("Validated", data, features, classes, spec or SchemaConfig(), values=True, known=known or {})
+    """Every declared column, dtype and value check; `known` holds train's categories for val/test."""
+    spec, known = spec or SchemaConfig(), known or {}
+    columns = _key_columns(data, classes)
+    if data.modality == "image":
+        # Hundreds of pixel columns: one vectorised frame-level check instead of a Column each
+        # (5x faster); it still reports the exact (row, column, value) of every bad pixel.
+        return pa.DataFrameSchema(columns, checks=[pixel_check(list(features), *data.pixel_range, nullable=True)],
+                                  name="Validated")
+    for feature in features:
+        declared = spec.columns.get(feature, ColumnSchema())
+        columns[feature] = pa.Column(_dtype(declared), nullable=declared.nullable, coerce=True, unique=declared.unique,
+                                     checks=_value_checks(declared, known.get(feature)))
+    return pa.DataFrameSchema(columns, name="Validated")
 
 
 def repaired_schema(data: DataConfig, features: Sequence[str], classes: Sequence, spec: SchemaConfig | None = None,
@@ -66,23 +74,6 @@ def _key_columns(data: DataConfig, classes: Sequence, made_rows: bool = False) -
         SOURCE_ID: pa.Column(str, unique=not made_rows, nullable=made_rows, required=False),
         data.label: pa.Column(checks=pa.Check.isin(list(classes), error="known class"), nullable=False),
     }
-
-
-def _schema(name: str, data: DataConfig, features: Sequence[str], classes: Sequence, spec: SchemaConfig,
-            values: bool, known: Mapping[str, Sequence]) -> pa.DataFrameSchema:
-    columns = _key_columns(data, classes)
-    checks = []
-    if data.modality == "image":
-        # Hundreds of pixel columns: one vectorised frame-level check instead of a Column each
-        # (5x faster); it still reports the exact (row, column, value) of every bad pixel.
-        checks.append(pixel_check(list(features), *data.pixel_range, nullable=True))
-        return pa.DataFrameSchema(columns, checks=checks, name=name)
-    for feature in features:
-        declared = spec.columns.get(feature, ColumnSchema())
-        checks_here = _value_checks(declared, known.get(feature)) if values else []
-        columns[feature] = pa.Column(_dtype(declared), nullable=declared.nullable, coerce=True,
-                                     unique=declared.unique and values, checks=checks_here)
-    return pa.DataFrameSchema(columns, name=name)
 
 
 def _dtype(column: ColumnSchema):

@@ -8,8 +8,7 @@ ledger, and repairer (the fitted whole, its persistence and the summary).
 
 from tasks.repair.balance import class_weights, rebalance, resample
 from tasks.repair.ledger import LEDGER_COLUMNS, concat, unaccounted
-from tasks.repair.repairer import (TRUSTED_TYPES, Repairer, apply_repairer, fit_repairer, repair_split, repair_train,
-                                   summarise)
+from tasks.repair.repairer import TRUSTED_TYPES, Repairer, repair_split, repair_train, summarise
 
-__all__ = ["LEDGER_COLUMNS", "TRUSTED_TYPES", "Repairer", "apply_repairer", "class_weights", "concat", "fit_repairer",
-           "rebalance", "repair_split", "repair_train", "resample", "summarise", "unaccounted"]
+__all__ = ["LEDGER_COLUMNS", "TRUSTED_TYPES", "Repairer", "class_weights", "concat", "rebalance", "repair_split",
+           "repair_train", "resample", "summarise", "unaccounted"]

@@ -36,7 +36,7 @@ class Imputer:
         self.spec = spec or SchemaConfig()
 
     def fit(self, train: pd.DataFrame, numeric: list[str], categorical: list[str]) -> Imputer:
-        default = MissingRule(strategy=self.cfg.strategy, fill_value=self.cfg.fill_value)
+        default = MissingRule(**self.cfg.model_dump(include={"strategy", "fill_value"}, exclude_unset=True))
         rules = {c: self.cfg.columns.get(c, default) for c in numeric + categorical}
         unknown = sorted(set(self.cfg.columns) - set(rules))
         if unknown:

@@ -28,7 +28,7 @@ class OutlierHandler:
         self.seed = seed
 
     def fit(self, train: pd.DataFrame, numeric: list[str]) -> OutlierHandler:
-        rules = {c: self.cfg.columns.get(c, OutlierRule(**self.cfg.model_dump(include={"method", "action", "threshold"})))
+        rules = {c: self.cfg.columns.get(c, OutlierRule(**self.cfg.model_dump(include={"method", "action", "threshold"}, exclude_unset=True)))
                  for c in numeric}
         bounded = {c: r for c, r in rules.items() if r.method in ("iqr", "zscore")}
         self.bounds_: dict[str, list[float]] = {}

@@ -146,16 +146,6 @@ class Repairer:
         return repairer
 
 
-@task
-def fit_repairer(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig, spec: SchemaConfig | None = None) -> Repairer:
-    return Repairer(cfg, data, spec).fit(train)
-
-
-@task
-def apply_repairer(repairer: Repairer, frame: pd.DataFrame, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return repairer.transform(frame, split)
-
-
 def summarise(before: pd.DataFrame, after: pd.DataFrame, ledger: pd.DataFrame, data: DataConfig,
               findings: dict | None = None) -> dict[str, Any]:
     """Before/after missing counts per column, values clipped, rows dropped/added, class counts."""
