@@ -31,9 +31,11 @@ run: $(STAMP)
 	@python3 -m flows.summary
 
 test: $(STAMP)
+	ruff check .
 	python3 -m pytest -m "not slow" -q
 
 test-all: $(STAMP)
+	ruff check .
 	python3 -m pytest -q
 
 ui: $(STAMP)

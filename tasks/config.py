@@ -365,8 +365,9 @@ class BackboneConfig(Strict):
 
     mlp: hidden, widths (one hidden layer each), dropout | cnn: widths (conv blocks), pool (the
     pooled map's side, flattened: 1 is global average pooling), hidden (dense), dropout | rnn: cell,
-    hidden, layers, bidirectional, embed, dropout | transformer: d_model, heads, layers, dropout. rnn and transformer read images as a sequence of rows, tables as a sequence of
-    features, and text (data.modality text) through a learned token embedding.
+    hidden, layers, bidirectional, embed, dropout | transformer: d_model, heads, layers, dropout.
+    rnn and transformer read images as a sequence of rows, tables as a sequence of features, and
+    text (data.modality text) through a learned token embedding.
     """
 
     keys_for = ("kind", {"widths": ("mlp", "cnn"), "hidden": ("mlp", "cnn", "rnn"), "pool": ("cnn",), "cell": ("rnn",),
