@@ -84,7 +84,8 @@ def main() -> None:
     for name, (x, y, spec) in {"cnn": mnist(), "transformer": tokens()}.items():
         # Repeat the data so an epoch is long enough for the utilisation samples to mean something.
         x, y = (x.repeat(4, axis=0), y.repeat(4, axis=0))
-        fit_classifier.fn({"train": (x[:1024], y[:1024])}, spec, OptimizerConfig(), trainer_cfg.model_copy(update={"max_epochs": 1}), 0)
+        one_epoch = trainer_cfg.model_copy(update={"max_epochs": 1})
+        fit_classifier.fn({"train": (x[:1024], y[:1024])}, spec, OptimizerConfig(), one_epoch, 0)
         clock, sampler = LoopClock(), Sampler()
         sampler.start()
         fit_classifier.fn({"train": (x, y)}, spec, OptimizerConfig(), trainer_cfg, seed=0, callbacks=[clock])

@@ -125,7 +125,7 @@ def main() -> None:
     sizes = [1, 64]
     batches = {b: np.resize(x, (b, *x.shape[1:])).astype(np.float32) for b in sizes}
     times = {name: {b: [] for b in sizes} for name in candidates}
-    for name, run in candidates.items():  # warm up every path once before timing
+    for run in candidates.values():  # warm up every path once before timing
         for b in sizes:
             for _ in range(3):
                 run(batches[b])

@@ -31,7 +31,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])  # dvc.yaml's order is topological
-IGNORE = shutil.ignore_patterns(".venv", ".git", "data", "models", "reports", ".prefect", "__pycache__", "*.egg-info", ".cache", "checkpoints")
+IGNORE = shutil.ignore_patterns(".venv", ".git", "data", "models", "reports", ".prefect", "__pycache__", "*.egg-info",
+                                ".cache", "checkpoints")
 
 DIRECT = """
 import json, sys, time
@@ -85,7 +86,8 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         env = _env(root, port)
-        for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=b@b", "-c", "user.name=b", "commit", "-qm", "bench"]):
+        for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.email=b@b", "-c", "user.name=b", "commit", "-qm", "bench"]):
             subprocess.run(cmd, cwd=root, env=env, check=True)
         _clean(root)
         try:

@@ -118,7 +118,8 @@ def run(side: str, path: Path) -> dict:
     # Arrow's system pool makes text columns go through the same malloc (its own pools keep freed
     # memory for a while, by timing): RSS then follows live memory, on both sides alike.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "ARROW_DEFAULT_MEMORY_POOL": "system"}
-    result = subprocess.run([sys.executable, __file__, "--child", side, str(path)], capture_output=True, text=True, cwd=ROOT, env=env)
+    result = subprocess.run([sys.executable, __file__, "--child", side, str(path)],
+                            capture_output=True, text=True, cwd=ROOT, env=env)
     if result.returncode:
         raise SystemExit(f"{side} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -56,8 +56,8 @@ def mnist() -> tuple[np.ndarray, np.ndarray, ModelSpec]:
 
     x, y = mnist_data()
     x = (x / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
-    spec = ModelSpec(backbone_spec(BackboneConfig(kind="cnn", widths=[32, 64, 128], pool=3, hidden=128, dropout=0.25)), (1, 28, 28),
-                     list(range(10)), {"task": "classification"})
+    backbone = BackboneConfig(kind="cnn", widths=[32, 64, 128], pool=3, hidden=128, dropout=0.25)
+    spec = ModelSpec(backbone_spec(backbone), (1, 28, 28), list(range(10)), {"task": "classification"})
     return x, y.astype(np.int64), spec
 
 
@@ -141,13 +141,15 @@ def main() -> None:
             order = ("lightning", "plain") if repeat % 2 == 0 else ("plain", "lightning")
             for side in order:
                 runs[side].append(sides[side](x, y, spec, optimizer, trainer_cfg, seed=repeat))
-        pairs = [p[0] / l[0] for l, p in zip(runs["lightning"], runs["plain"])]
-        pairs_total = [p[1] / l[1] for l, p in zip(runs["lightning"], runs["plain"])]
+        paired = list(zip(runs["lightning"], runs["plain"], strict=True))  # one of each per repeat
+        pairs = [plain[0] / lit[0] for lit, plain in paired]
+        pairs_total = [plain[1] / lit[1] for lit, plain in paired]
         median = {side: statistics.median(r[0] for r in rs) for side, rs in runs.items()}
         best = {side: min(r[0] for r in rs) for side, rs in runs.items()}
         result = {
             "samples": samples, "batch_size": args.batch_size, "threads": args.threads,
-            "lightning_samples_s": round(samples / median["lightning"], 1), "plain_samples_s": round(samples / median["plain"], 1),
+            "lightning_samples_s": round(samples / median["lightning"], 1),
+            "plain_samples_s": round(samples / median["plain"], 1),
             "ratio": round(statistics.median(pairs), 3), "ratio_total": round(statistics.median(pairs_total), 3),
             "ratio_best": round(best["plain"] / best["lightning"], 3), "pair_ratios": [round(r, 3) for r in pairs],
             "repeats": args.repeats,
@@ -155,7 +157,8 @@ def main() -> None:
         }
         print(f"{name}: Lightning {result['lightning_samples_s']:.0f} samples/s, hand-written {result['plain_samples_s']:.0f} "
               f"samples/s, ratio {result['ratio']:.3f} (median of pairs {result['pair_ratios']}; whole call "
-              f"{result['ratio_total']:.3f}, best runs {result['ratio_best']:.3f}; {result['overhead_ms_per_step']} ms a step)", file=sys.stderr, flush=True)
+              f"{result['ratio_total']:.3f}, best runs {result['ratio_best']:.3f}; {result['overhead_ms_per_step']} ms a step)",
+              file=sys.stderr, flush=True)
         summary[name] = result
     print(json.dumps(summary))
 

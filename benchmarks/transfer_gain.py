@@ -33,8 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_modules.transfer import TransferSchedule, group_prefixes, layer_groups  # noqa: E402
 from tasks.config import Params, load_params, parse_params  # noqa: E402
 from tasks.evaluate import predict  # noqa: E402
-from tasks.finetune import (augment_labels, balanced_weights, few_labels, keep_classes, replay_rows, schedule,  # noqa: E402
-                            seed_joint_head, with_replay)
+from tasks.finetune import (  # noqa: E402
+    augment_labels,
+    balanced_weights,
+    few_labels,
+    keep_classes,
+    replay_rows,
+    schedule,
+    seed_joint_head,
+    with_replay,
+)
 from tasks.io import load_frame, load_json  # noqa: E402
 from tasks.model_io import ModelSpec, load_weights, save_model  # noqa: E402
 from tasks.train import FitResult, backbone_spec, fit_classifier, input_shape, to_arrays, transfer_state  # noqa: E402
@@ -57,8 +65,10 @@ def main() -> None:
     parser.add_argument("--data", default="data", help="folder with augmented/ and repaired/ (dvc repro augment)")
     parser.add_argument("--labels", type=int, nargs="+", default=[5, 10, 50])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a finetune.* param (YAML value)")
-    parser.add_argument("--source-cache", default=None, help="a model.safetensors path: reuse the source model if there, else save it")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a finetune.* param (YAML value)")
+    parser.add_argument("--source-cache", default=None,
+                        help="a model.safetensors path: reuse the source model if there, else save it")
     parser.add_argument("--source-epochs", type=int, default=None, help="override train.trainer.max_epochs")
     parser.add_argument("--no-scratch", action="store_true", help="fine-tune only (comparing fine-tuning settings)")
     parser.add_argument("--curve", action="store_true", help="also score the test split after every epoch (diagnosis only)")
@@ -93,7 +103,9 @@ def main() -> None:
     src_val = load_frame(data / "repaired" / params.train.dataset / "val.parquet")
     src_classes = sorted(src_train[params.data.label].unique().tolist())
     src_spec = ModelSpec(backbone_spec(params.train.backbone), input_shape(src_train, params.data), src_classes, {})
-    weights = load_json(data / "repaired" / params.train.dataset / "repairer.json").get("class_weights") if params.repair.imbalance == "class_weight" else None
+    weights = None
+    if params.repair.imbalance == "class_weight":
+        weights = load_json(data / "repaired" / params.train.dataset / "repairer.json").get("class_weights")
     cache = Path(args.source_cache) if args.source_cache else None
     if cache and cache.exists():  # a study of many fine-tuning settings trains the source once
         source = FitResult(load_weights(cache), [], {"cached": str(cache)})
@@ -130,7 +142,8 @@ def main() -> None:
             if cfg.replay_source:
                 replayed = replay_rows(*arrays(src_train, params, src_classes), cfg.replay_source, seed)
                 joint_train, joint, head_rows, source_rows = with_replay(train, replayed, classes, src_classes)
-                fit_spec, fit_weights = ModelSpec(spec.backbone, spec.in_shape, joint, {}), balanced_weights(joint_train[1], len(joint))
+                fit_spec = ModelSpec(spec.backbone, spec.in_shape, joint, {})
+                fit_weights = balanced_weights(joint_train[1], len(joint))
                 fit_split = {"train": joint_train, **({"val": (x_test, np.array(head_rows)[y_test])} if args.curve else {})}
             torch.manual_seed(seed)  # the new head's initial weights, as the finetune stage seeds them
             init_state, _ = transfer_state(source.state, fit_spec.build(), ("head.", *fresh))
@@ -142,9 +155,11 @@ def main() -> None:
                 tuned = dataclasses.replace(tuned, state=keep_classes(tuned.state, head_rows))
             scratch = None if args.no_scratch else fit_classifier.fn(split, spec, cfg.optimizer, cfg.trainer, seed)
             row = {"labels_per_class": per_class, "seed": seed, "finetuned": accuracy(tuned.state, spec, x_test, y_test),
-                   "scratch": scratch and accuracy(scratch.state, spec, x_test, y_test), "seconds": round(time.monotonic() - t0, 1)}
+                   "scratch": scratch and accuracy(scratch.state, spec, x_test, y_test),
+                   "seconds": round(time.monotonic() - t0, 1)}
             if args.curve:
-                row["curves"] = {name: [r.get("val/acc") for r in fit.history] for name, fit in (("finetuned", tuned), ("scratch", scratch)) if fit}
+                row["curves"] = {name: [r.get("val/acc") for r in fit.history]
+                                 for name, fit in (("finetuned", tuned), ("scratch", scratch)) if fit}
             rows.append(row)
             print(json.dumps(row), flush=True)
 
@@ -154,7 +169,8 @@ def main() -> None:
         mine = [r for r in rows if r["labels_per_class"] == per_class]
         tuned = statistics.mean(r["finetuned"] for r in mine)
         scratch = statistics.mean(r["scratch"] or 0.0 for r in mine)  # 0 with --no-scratch
-        summary["budgets"][str(per_class)] = {"finetuned": round(tuned, 4), "scratch": round(scratch, 4), "gain": round(tuned - scratch, 4),
+        summary["budgets"][str(per_class)] = {"finetuned": round(tuned, 4), "scratch": round(scratch, 4),
+                                              "gain": round(tuned - scratch, 4),
                                               "finetuned_min": round(min(r["finetuned"] for r in mine), 4)}
         print(f"| {per_class} | {tuned:.3f} | {scratch:.3f} | {tuned - scratch:+.3f} |")
     if args.record:

@@ -18,7 +18,12 @@ child imports it fresh, so edits are always seen); forks one child per request.
 The server retires once its socket file is gone (e.g. .prefect/ deleted).
 Linux only (SCM_RIGHTS, prctl). Anything odd before the fork falls back to cold.
 """
-import json, os, signal, socket, sys, time
+import json
+import os
+import signal
+import socket
+import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds dvc.yaml
 RUN = os.path.join(ROOT, ".prefect")
@@ -144,7 +149,8 @@ def _connect_or_start():
         return _connect()
     except (FileNotFoundError, ConnectionRefusedError):
         pass
-    import fcntl, subprocess
+    import fcntl
+    import subprocess
     os.makedirs(RUN, exist_ok=True)
     with open(LOCK, "a") as lock:  # O_CLOEXEC: the server must not inherit (and hold) it
         fcntl.flock(lock, fcntl.LOCK_EX)  # one client starts it; others wait, then connect
@@ -212,7 +218,7 @@ def maybe_delegate():
         except Exception as e:  # noqa: BLE001 - nothing has run yet: run cold
             print(f"[warm] running cold: {e!r}", file=sys.stderr)
             return
-        def forward(n, _frame):
+        def forward(n, _frame, sock=sock):  # this attempt's socket, bound now
             if parent is not None and (os.getppid() != parent or gone):  # our starter died:
                 signal.signal(n, signal.SIG_DFL)  # Die now: the server sees the socket close and
                 os.kill(os.getpid(), n)           # stops the stage's group even if it hangs.
@@ -269,7 +275,10 @@ def _recv_request(conn):
 
 
 def serve():
-    import ctypes, gc, importlib, selectors
+    import ctypes
+    import gc
+    import importlib
+    import selectors
     idle = float(os.environ.get("TRAINFLOW_WARM_IDLE", "600"))
     # '' (the project root) must not be on sys.path while preloading: a project
     # module could shadow a third-party one and be frozen into every stage.
@@ -466,7 +475,8 @@ def _child(req, fds, close, libc):
     except BaseException:  # noqa: BLE001
         sys.excepthook(*sys.exc_info())
     try:  # what interpreter shutdown does: join threads, atexit (Prefect drains logs)
-        import atexit, threading
+        import atexit
+        import threading
         threading._shutdown()
         atexit._run_exitfuncs()
         sys.stdout.flush()

@@ -31,7 +31,8 @@ def repair(params: Params) -> dict:
         frames = {split: load_frame(VALIDATED / name / f"{split}.parquet") for split in SPLITS}
         quarantined = {split: load_frame(VALIDATED / name / f"{split}.quarantine.parquet") for split in SPLITS}
         first_id = 1 + max(int(f[data.id].max()) for f in [*frames.values(), *quarantined.values()] if len(f))
-        repairer, repaired_train, train_ledger, train_findings = repair_train(frames["train"], params.repair, data, spec, first_id)
+        repairer, repaired_train, train_ledger, train_findings = repair_train(
+            frames["train"], params.repair, data, spec, first_id)
         repaired, ledgers, findings = {"train": repaired_train}, {"train": train_ledger}, {"train": train_findings}
         for split in ("val", "test"):
             repaired[split], ledgers[split], findings[split] = repair_split(repairer, frames[split], split)
@@ -73,8 +74,9 @@ def _markdown(summaries: dict) -> str:
     for name, splits in summaries.items():
         for split, s in splits.items():
             classes = ", ".join(f"{c}: {s['class_counts_before'].get(c, 0)} -> {n}" for c, n in s["class_counts_after"].items())
-            lines.append(f"| {name}/{split} | {s['rows_before']} | {s['rows_after']} | {s['quarantined']} | {s['missing_before']} "
-                         f"| {s['missing_after']} | {s['clipped_values']} | {s['rows_dropped']} | {s['rows_added']} | {classes} |")
+            lines.append(f"| {name}/{split} | {s['rows_before']} | {s['rows_after']} | {s['quarantined']} "
+                         f"| {s['missing_before']} | {s['missing_after']} | {s['clipped_values']} "
+                         f"| {s['rows_dropped']} | {s['rows_added']} | {classes} |")
     for name, splits in summaries.items():
         for split, s in splits.items():
             lines += ["", f"## {name}/{split}", "", "| rule | changes |", "|---|---:|"]

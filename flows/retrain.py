@@ -71,7 +71,8 @@ def dvc_transfer(command: str, remote: str) -> str:
 def _summary(remote: str, pulled: str, stages: list[dict], gate: dict | None, pushed: str | None, failure: str | None) -> str:
     rows = "\n".join(f"| {s.get('stage')} | {s.get('outcome')} | {s.get('reason', '')} |" for s in stages)
     evaluated = {s.get("stage"): s.get("outcome") for s in stages}.get("evaluate")
-    origin = {"ran": "this run", "skipped": "an earlier run: evaluate was up to date"}.get(evaluated, "the last evaluate that ran")
+    origins = {"ran": "this run", "skipped": "an earlier run: evaluate was up to date"}
+    origin = origins.get(evaluated, "the last evaluate that ran")
     verdict = ("no verdict (no evaluate has run)" if gate is None else
                f"{'**promoted**' if gate.get('promoted') else '**not promoted**'} ({origin}): {gate.get('reason', '')}")
     lines = [f"# Retrain: {'failed' if failure else 'promoted and pushed' if pushed is not None else 'done, nothing pushed'}", "",

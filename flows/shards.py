@@ -44,7 +44,7 @@ def validate_shards(params: Params, path: str, shards: int = 4) -> dict:
     bounds = np.linspace(0, len(frame), shards + 1, dtype=int)
     # Each shard is one task on the cluster; the frames travel to the workers in memory only.
     futures = [validate_split.with_options(name=f"validate-shard-{i}").submit(frame.iloc[lo:hi], data, classes, cfg)
-               for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))]
+               for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
     rows, counts = [], Counter()
     for i, future in enumerate(futures):
         _, _, report = future.result()

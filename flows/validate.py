@@ -42,12 +42,13 @@ def validate(params: Params) -> dict:
             save_frame(valid, VALIDATED / name / f"{split}.parquet")
             save_frame(quarantine, VALIDATED / name / f"{split}.quarantine.parquet")
             quarantined += [{"split": f"{name}/{split}", "id": str(i), "reason": r}
-                            for i, r in zip(quarantine.get(data.id, []), quarantine.get(REASON, []))]
+                            for i, r in zip(quarantine.get(data.id, []), quarantine.get(REASON, []), strict=True)]
         class_counts[f"{name}/train"] = len(reports[f"{name}/train"].class_counts) or len(classes)
 
     markdown = report_markdown(reports)
     save_json({k: r.as_dict() for k, r in reports.items()}, REPORTS / "validate" / "report.json")
-    save_json({k: {"rows": r.rows, "quarantined": r.quarantined} for k, r in reports.items()}, REPORTS / "validate" / "metrics.json")
+    save_json({k: {"rows": r.rows, "quarantined": r.quarantined} for k, r in reports.items()},
+              REPORTS / "validate" / "metrics.json")
     save_text(markdown, REPORTS / "validate" / "report.md")
     create_markdown_artifact(markdown, key="validation-report", description="Rows, quarantine and failed checks per split")
     create_table_artifact(quarantined[:500] or [{"split": "-", "id": "-", "reason": "no row quarantined"}],

@@ -97,7 +97,8 @@ def augment_train(train: pd.DataFrame, cfg: AugmentConfig, data: DataConfig) -> 
             values = augment_tokens(train[features].to_numpy(dtype=np.int64), cfg, data.pad_id, rng)
         else:
             spread = train[features].std().fillna(0).to_numpy()
-            values = train[features].to_numpy(dtype=float) + rng.normal(0, 1, (len(train), len(features))) * spread * cfg.noise_std
+            noise = rng.normal(0, 1, (len(train), len(features))) * spread * cfg.noise_std
+            values = train[features].to_numpy(dtype=float) + noise
         copy = train.copy()
         copy[features] = values.astype(train[features].dtypes.iloc[0])
         copy["augmented_from"] = train[data.id].astype("Int64").to_numpy()

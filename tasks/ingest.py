@@ -295,7 +295,8 @@ def clean_labels(frame: pd.DataFrame, data: DataConfig, cfg: IngestConfig, where
     canonical = {spelling: spellings[key][0] for key, group in spellings.items() for spelling in group}
     cleaned = stripped.map(canonical)
     changed = cleaned != text
-    notes = {"normalised": int(changed.sum()), "examples": sorted({f"{a!r} -> {b!r}" for a, b in zip(text[changed], cleaned[changed])})[:5]}
+    examples = sorted({f"{a!r} -> {b!r}" for a, b in zip(text[changed], cleaned[changed], strict=True)})[:5]
+    notes = {"normalised": int(changed.sum()), "examples": examples}
     frame = frame.copy()
     frame.loc[present.index, data.label] = cleaned
     return frame, notes if notes["normalised"] else {}
@@ -336,7 +337,8 @@ def split_frame(frame: pd.DataFrame, cfg: IngestConfig, data: DataConfig, where:
     stratify = rest[data.label] if split.stratify else None
     train, val = train_test_split(rest, test_size=val_share, random_state=split.seed, stratify=stratify)
     train = pd.concat([train, unlabelled])
-    return {name: part.sort_values(data.id).reset_index(drop=True) for name, part in (("train", train), ("val", val), ("test", test))}
+    return {name: part.sort_values(data.id).reset_index(drop=True)
+            for name, part in (("train", train), ("val", val), ("test", test))}
 
 
 def _check_size(rows: int, classes: int, split, where: str) -> None:

@@ -33,23 +33,27 @@ def model_card(chosen: str, rows: list[dict], cfg: CompressConfig, data_version:
     b = cfg.budgets
     latency = "none" if b.max_latency_ms is None else f"{b.max_latency_ms} ms (p50, batch {cfg.latency.budget_batch})"
     fp32 = onnx["fp32"]
+    fallback = " (no candidate met every budget: the uncompressed model is shipped)" if chosen == "original" else ""
     lines = [
         "# Model card: compressed model", "",
-        f"**Chosen:** `{chosen}`" + (" (no candidate met every budget: the uncompressed model is shipped)" if chosen == "original" else ""),
+        f"**Chosen:** `{chosen}`{fallback}",
         "", "## Files", "",
         "- `model.safetensors` + `model.json`: " + ("int8 tensors with their scales and zero points (layout in `encoding`), "
                                                      "rebuilt by `tasks.export.load_compressed`" if "quantization" in recipe
                                                      else "fp32 weights, loadable with `tasks.model_io.load_model`"),
         f"- `model.onnx`: {onnx['shipped']}; batch dimension dynamic, weights inside the file", "",
         "## Before and after (test split)", "",
-        "| | accuracy | bytes | parameters | non-zero | p50 ms @" + str(cfg.latency.budget_batch) + " |", "|---|---:|---:|---:|---:|---:|",
+        "| | accuracy | bytes | parameters | non-zero | p50 ms @" + str(cfg.latency.budget_batch) + " |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     key = f"p50_ms_b{cfg.latency.budget_batch}"
     for label, r in (("uncompressed", before), (chosen, after)):
-        lines.append(f"| {label} | {r['accuracy']:.4f} | {r['bytes']} | {r['parameters']} | {r['nonzero_parameters']} | {r[key]:.2f} |")
+        lines.append(f"| {label} | {r['accuracy']:.4f} | {r['bytes']} | {r['parameters']} | {r['nonzero_parameters']} "
+                     f"| {r[key]:.2f} |")
     lines += [
         "", "## Budgets", "",
-        f"- accuracy drop at most {b.max_accuracy_drop} points; size reduction at least {b.min_size_reduction}x; latency at most {latency}",
+        f"- accuracy drop at most {b.max_accuracy_drop} points; size reduction at least {b.min_size_reduction}x; "
+        f"latency at most {latency}",
         f"- selection among candidates within every budget: {cfg.select}; none within budget: {cfg.on_miss}", "",
         "## Candidates", "", candidates_markdown(rows, cfg.latency.batch_sizes),
         "## ONNX parity (onnxruntime on the test split)", "",

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+from pandas.api.types import is_object_dtype
 
 from tasks.config import ColumnSchema, DataConfig, SchemaConfig
 from tasks.frames import SOURCE_ID
@@ -110,7 +111,7 @@ def _value_checks(column: ColumnSchema, known: Sequence | None) -> list[pa.Check
 def pixel_check(features: list[str], low: float, high: float, nullable: bool) -> pa.Check:
     def cells_ok(frame: pd.DataFrame) -> pd.DataFrame:
         block = frame[features]
-        if any(dtype == object or isinstance(dtype, pd.StringDtype) for dtype in block.dtypes):
+        if any(is_object_dtype(dtype) or isinstance(dtype, pd.StringDtype) for dtype in block.dtypes):
             block = block.apply(pd.to_numeric, errors="coerce")  # only when some column holds text
         values = block.to_numpy(dtype=float)
         was_missing = frame[features].isna().to_numpy()

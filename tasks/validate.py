@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+from pandas.api.types import is_object_dtype
 from prefect import task
 
 from tasks.config import DataConfig, SchemaConfig, ValidateConfig
@@ -72,7 +73,8 @@ def validate_split(frame: pd.DataFrame, data: DataConfig, classes: Sequence, cfg
     report.fatal = [f"column '{r.column}': {r.check} (got {r.failure_case})" for r in frame_level.itertuples()]
     rows = pd.concat([text_cells, failures[failures["index"].notna()]], ignore_index=True)
     rows = rows.drop_duplicates(["index", "column", "check"]).astype({"index": frame.index.dtype})
-    rows["reason"] = [f"{c}: {k} (got {v!r})" for c, k, v in zip(rows["column"], rows["check"], rows["failure_case"])]
+    rows["reason"] = [f"{c}: {k} (got {v!r})"
+                      for c, k, v in zip(rows["column"], rows["check"], rows["failure_case"], strict=True)]
     reasons = rows.groupby("index", sort=True)["reason"].agg("; ".join)
 
     quarantine = frame.loc[reasons.index].copy()
@@ -237,12 +239,13 @@ def _plain(value):
 
 def _stringify_mixed(frame: pd.DataFrame) -> pd.DataFrame:
     # A quarantined column may hold "abc" beside numbers; Parquet needs one type per column.
-    for column in frame.columns[frame.dtypes == object]:
+    for column in [c for c, dtype in frame.dtypes.items() if is_object_dtype(dtype)]:
         frame[column] = frame[column].astype("string")
     return frame
 
 
-def verdict(reports: dict[str, SplitReport], cfg: ValidateConfig, label_counts: dict[str, int], label: str = "label") -> str | None:
+def verdict(reports: dict[str, SplitReport], cfg: ValidateConfig, label_counts: dict[str, int],
+            label: str = "label") -> str | None:
     """The one-line reason this stage must stop, or None. `reports` is keyed '<dataset>/<split>';
     `label_counts` holds the number of classes of each '<dataset>/train'."""
     for where, report in reports.items():
@@ -282,7 +285,7 @@ def report_markdown(reports: dict[str, SplitReport]) -> str:
             lines += ["", f"## {where}: failed checks", "", "| column | check | failures | examples |", "|---|---|---:|---|"]
             lines += [f"| {c['column']} | {c['check']} | {c['failures']} | {c['examples']} |" for c in r.checks]
             lines += [f"| (frame) | {f} | - | - |" for f in r.fatal]
-        notes = [(f"missing values left for repair", r.missing), ("sentinels turned missing", r.sentinels),
+        notes = [("missing values left for repair", r.missing), ("sentinels turned missing", r.sentinels),
                  ("unknown categories turned missing", r.unknown_set_missing), ("images (repair drops them)", r.images)]
         for title, counts in notes:
             if counts:

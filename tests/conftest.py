@@ -72,6 +72,7 @@ def free_port() -> int:
 
 def copy_repo(dest: Path) -> Path:
     """The tracked project files in a fresh folder, as a clean clone would have them."""
-    ignore = shutil.ignore_patterns(".venv", ".git", "data", "models", "reports", ".prefect", "__pycache__", "*.egg-info", ".cache", "checkpoints")
+    ignore = shutil.ignore_patterns(".venv", ".git", "data", "models", "reports", ".prefect", "__pycache__", "*.egg-info",
+                                    ".cache", "checkpoints")
     shutil.copytree(ROOT, dest, ignore=ignore, dirs_exist_ok=True)
     return dest

@@ -23,7 +23,8 @@ def main() -> None:
     train_ids = pd.read_parquet("data/repaired/source/train.parquet", columns=["id"])["id"]
     test_ids = pd.read_parquet("data/repaired/source/test.parquet", columns=["id"])["id"]
     train, test = text.loc[train_ids], text.loc[test_ids]
-    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True), LogisticRegression(C=4.0, max_iter=2000))
+    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
+                          LogisticRegression(C=4.0, max_iter=2000))
     model.fit(train["text"], train["label"])
     pred = model.predict(test["text"])
     metrics = {"accuracy": round(accuracy_score(test["label"], pred), 6),

@@ -35,7 +35,8 @@ def label_key(label: Any) -> str:
 
 
 @task
-def rebalance(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig, first_id: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def rebalance(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig,
+              first_id: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Resample the train split to equal class counts (seeded); returns (frame, ledger). New rows get
     ids from `first_id` on (pass one above every split's ids, so no new id clashes with val/test)."""
     frame, parts = resample(train, cfg, data, first_id)
@@ -52,7 +53,8 @@ def resample(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig, first_id:
     return train, []
 
 
-def _random(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig, first_id: int | None, consume: bool = False) -> tuple[pd.DataFrame, list[pa.Table]]:
+def _random(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig, first_id: int | None,
+            consume: bool = False) -> tuple[pd.DataFrame, list[pa.Table]]:
     rng = np.random.default_rng(cfg.seed)
     groups = train.groupby(data.label, sort=True).indices
     sizes = [len(rows) for rows in groups.values()]
@@ -77,7 +79,8 @@ def _random(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig, first_id: 
     return pd.DataFrame(taken, copy=False), [ledger]
 
 
-def _synthetic(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig, first_id: int | None) -> tuple[pd.DataFrame, list[pa.Table]]:
+def _synthetic(train: pd.DataFrame, cfg: RepairConfig, data: DataConfig,
+               first_id: int | None) -> tuple[pd.DataFrame, list[pa.Table]]:
     from imblearn.over_sampling import ADASYN, SMOTE, SMOTENC, BorderlineSMOTE
 
     features = feature_columns(train, data)

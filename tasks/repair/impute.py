@@ -44,7 +44,8 @@ class Imputer:
         for c in categorical:
             if rules[c].strategy in ("mean", "median", *MODEL_BASED):
                 if c in self.cfg.columns:
-                    raise UserError(f"repair.missing.columns.{c}: strategy {rules[c].strategy} needs numbers; '{c}' is categorical")
+                    raise UserError(f"repair.missing.columns.{c}: strategy {rules[c].strategy} needs numbers; "
+                                    f"'{c}' is categorical")
                 rules[c] = MissingRule(strategy="most_frequent")  # the global numeric default, for categories
         self.strategies_ = {c: r.strategy for c, r in rules.items()}
         self.numeric_, self.categorical_ = list(numeric), list(categorical)
@@ -94,7 +95,8 @@ class Imputer:
     def output_columns(self) -> list[str]:
         return [f"{c}__missing" for c in self.indicators_]
 
-    def transform(self, frame: pd.DataFrame, id_col: str, split: str, fresh: set[str] = frozenset()) -> tuple[pd.DataFrame, list[pa.Table], dict]:
+    def transform(self, frame: pd.DataFrame, id_col: str, split: str,
+                  fresh: set[str] = frozenset()) -> tuple[pd.DataFrame, list[pa.Table], dict]:
         """`fresh`: numeric columns whose arrays the previous step made in this same call (clipped
         values): they are filled in place, saving a copy of each (a million rows: 8 MB a column)."""
         parts, ids = [], frame[id_col].to_numpy()

@@ -55,8 +55,8 @@ def cells(split: str, ids: np.ndarray, column_index: np.ndarray, names: Sequence
 
 def per_column_values(column_index: np.ndarray, values: Sequence) -> pa.Array:
     """One value per column (a fill value, a bound), repeated for each cell: a take, not a loop."""
-    return pa.compute.take(as_text(np.asarray(values, dtype=object)) if not _numeric(values) else as_text(np.asarray(values, float)),
-                           pa.array(np.asarray(column_index, np.int32)))
+    per_column = as_text(np.asarray(values, float)) if _numeric(values) else as_text(np.asarray(values, dtype=object))
+    return pa.compute.take(per_column, pa.array(np.asarray(column_index, np.int32)))
 
 
 def rows(split: str, ids: np.ndarray, rule: str, added_from: np.ndarray | None = None) -> pa.Table:

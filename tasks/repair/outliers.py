@@ -28,8 +28,8 @@ class OutlierHandler:
         self.seed = seed
 
     def fit(self, train: pd.DataFrame, numeric: list[str]) -> OutlierHandler:
-        rules = {c: self.cfg.columns.get(c, OutlierRule(**self.cfg.model_dump(include={"method", "action", "threshold"}, exclude_unset=True)))
-                 for c in numeric}
+        global_rule = self.cfg.model_dump(include={"method", "action", "threshold"}, exclude_unset=True)
+        rules = {c: self.cfg.columns.get(c, OutlierRule(**global_rule)) for c in numeric}
         bounded = {c: r for c, r in rules.items() if r.method in ("iqr", "zscore")}
         self.bounds_: dict[str, list[float]] = {}
         if bounded:
@@ -76,13 +76,18 @@ class OutlierHandler:
             old, rule = L.as_text(values[rows]), f"outlier {method}: {what.replace('_', ' ')}"
             if what == "clip":
                 changes[column] = np.clip(values, low, high)
-                parts.append(L.cells(split, ids[rows], np.zeros(len(rows)), [column], old, L.as_text(changes[column][rows]), rule))
+                new = L.as_text(changes[column][rows])
+                parts.append(L.cells(split, ids[rows], np.zeros(len(rows)), [column], old, new, rule))
             elif what == "set_missing":
                 changes[column] = np.where(outside, np.nan, values)
                 parts.append(L.cells(split, ids[rows], np.zeros(len(rows)), [column], old, L.nulls(len(rows)), rule))
             elif what == "flag":
                 changes[f"{column}__outlier"] = outside.astype(float)
                 parts.append(L.cells(split, ids[rows], np.zeros(len(rows)), [column], old, L.text("flagged", len(rows)), rule))
+            elif split != "train":  # drop is for train: a val/test row is scored, its value clipped to the bounds
+                changes[column] = np.clip(values, low, high)
+                new = L.as_text(changes[column][rows])
+                parts.append(L.cells(split, ids[rows], np.zeros(len(rows)), [column], old, new, f"outlier {method}: clip"))
             else:  # drop: the whole row, once, however many of its values are outside
                 bad = outside & ~drop
                 parts.append(L.rows(split, ids[bad], rule))
@@ -96,7 +101,7 @@ class OutlierHandler:
                 n = int(outlier.sum())
                 parts.append(L.cells(split, ids[outlier], np.zeros(n), [FOREST_FLAG], L.text("0", n), L.text("1", n),
                                      "outlier isolation_forest: flag"))
-            else:
+            elif split == "train":  # val/test rows are scored as they are: counted, never dropped
                 outlier &= ~drop
                 parts.append(L.rows(split, ids[outlier], "outlier isolation_forest: drop"))
                 drop |= outlier

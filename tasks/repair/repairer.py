@@ -71,7 +71,8 @@ class Repairer:
         out, ledger, _ = self.transform_with_findings(frame, split)
         return out, ledger
 
-    def transform_with_findings(self, frame: pd.DataFrame, split: str, encode: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    def transform_with_findings(self, frame: pd.DataFrame, split: str,
+                                encode: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         missing = [c for c in self.features_ if c not in frame.columns]
         if missing:
             raise UserError(f"{split}: column '{missing[0]}' was in train when the repairer was fitted but is missing here")

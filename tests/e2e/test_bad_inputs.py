@@ -155,7 +155,7 @@ def _check_quarantine(folder: Path, expect: dict) -> None:
     dataset, split = expect["split"].split("/")
     splits = SPLITS if split == "*" else (split,)
     quarantined = pd.concat([pd.read_parquet(folder / f"data/validated/{dataset}/{s}.quarantine.parquet") for s in splits])
-    reasons = dict(zip(quarantined["id"].astype(int), quarantined["_reason"]))
+    reasons = dict(zip(quarantined["id"].astype(int), quarantined["_reason"], strict=True))
     for row in expect["ids"]:
         assert row in reasons, f"id {row} not quarantined; quarantine holds {sorted(reasons)}"
         assert re.search(expect["reason"], reasons[row]), reasons[row]

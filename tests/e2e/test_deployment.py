@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -73,7 +73,8 @@ def make_repo(dest: Path) -> Path:
     for sub in ("cache", "tmp", "config.local"):
         path = root / ".dvc" / sub
         subprocess.run(["rm", "-rf", str(path)], check=True)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=root, check=True)
     return root
 
@@ -179,11 +180,12 @@ def test_a_cron_schedule_fires_and_completes_within_30_s(deployed):
     # Every minute, on the stage the previous test built: a scheduled run of the real deployment.
     api(url, f"/deployments/{deployment['id']}/schedules",
         [{"schedule": {"cron": "* * * * *", "timezone": "UTC"}, "active": True, "parameters": {"targets": ["ingest"]}}])
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     deadline = time.monotonic() + 150
     run = None
     while time.monotonic() < deadline:
-        runs = api(url, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"})
+        runs = api(url, "/flow_runs/filter",
+                   {"deployments": {"id": {"any_": [deployment["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"})
         finished = [r for r in runs if r["auto_scheduled"] and r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED")]
         if finished:
             run = finished[0]

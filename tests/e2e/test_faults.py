@@ -95,7 +95,8 @@ def project(tmp_path_factory):
     params["train"]["trainer"].update(max_epochs=EPOCHS, progress_bar=False)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / "dvc.lock").unlink(missing_ok=True)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=root, check=True, env=_env(root))
     assert _dvc(root, "repro", "augment").returncode == 0
     yield root

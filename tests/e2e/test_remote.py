@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow  # one whole pipeline and a moto server: about 4 m
 BUCKET = "trainflow-models"
 KEYS = {"access_key_id": "testing", "secret_access_key": "testing"}
 # Hydra merges a dict override into the existing one (as `dvc exp run -S` does): set each bound.
-OPEN_GATE = ["evaluate.gate.min.accuracy=0", "evaluate.gate.min.macro_f1=0", "evaluate.gate.max.ece=1", "evaluate.gate.vs_champion=[]"]
+OPEN_GATE = ["evaluate.gate.min.accuracy=0", "evaluate.gate.min.macro_f1=0", "evaluate.gate.max.ece=1",
+             "evaluate.gate.vs_champion=[]"]
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,8 @@ class Browser:
 
     def click(self, label: str) -> None:
         clicked = self.evaluate(f"""(() => {{
-            const el = [...document.querySelectorAll('button, [role=tab], a, li.p-tab')].find(e => e.innerText.trim() === {json.dumps(label)});
+            const el = [...document.querySelectorAll('button, [role=tab], a, li.p-tab')]
+                .find(e => e.innerText.trim() === {json.dumps(label)});
             if (el) el.click(); return !!el; }})()""")
         assert clicked, f"no '{label}' to click"
 
@@ -115,10 +116,11 @@ def pipeline_run(tmp_path_factory):
     server, url = start_server(tmp / "server-home", client_env(root, ""))
     try:
         env = client_env(root, url)
-        result = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=root, env=env, capture_output=True, text=True, timeout=1500)
+        result = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=root, env=env, capture_output=True, text=True,
+                                timeout=1500)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        request = urllib.request.Request(f"{url}/flow_runs/filter", data=json.dumps({"flows": {"name": {"any_": ["pipeline"]}}}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        body = json.dumps({"flows": {"name": {"any_": ["pipeline"]}}}).encode()
+        request = urllib.request.Request(f"{url}/flow_runs/filter", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             (run,) = json.load(response)
         cwd = os.getcwd()
@@ -166,8 +168,8 @@ def test_the_artifacts_page_lists_every_report(pipeline_run, browser):
 
 def test_the_evaluate_run_shows_its_reports(pipeline_run, browser):
     ui, _, _ = pipeline_run
-    request = urllib.request.Request(f"{ui}/api/flow_runs/filter", data=json.dumps({"flows": {"name": {"any_": ["evaluate"]}}}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    body = json.dumps({"flows": {"name": {"any_": ["evaluate"]}}}).encode()
+    request = urllib.request.Request(f"{ui}/api/flow_runs/filter", data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         (evaluate,) = json.load(response)
     browser.open(f"{ui}/runs/flow-run/{evaluate['id']}")

@@ -11,8 +11,8 @@ from tests.conftest import ROOT, copy_repo, shrunk_params_dict
 
 
 def _run(cwd, stage="train"):
-    return subprocess.run([sys.executable, "-m", f"flows.{stage}"], cwd=cwd, capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "PREFECT_API_URL": "http://127.0.0.1:9/api", "TRAINFLOW_WARM": "0"}, timeout=120)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "PREFECT_API_URL": "http://127.0.0.1:9/api", "TRAINFLOW_WARM": "0"}
+    return subprocess.run([sys.executable, "-m", f"flows.{stage}"], cwd=cwd, capture_output=True, text=True, env=env, timeout=120)
 
 
 @pytest.mark.parametrize(("edit", "expected"), [

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from flows.pipeline import apply_overrides, pipeline, plan
-from tests.conftest import ROOT, copy_repo, shrunk_params_dict
 from tasks.errors import UserError
+from tests.conftest import ROOT, copy_repo, shrunk_params_dict
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,8 @@ def repo(tmp_path_factory) -> Path:
     (root / "dvc.lock").unlink(missing_ok=True)
     shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
     shutil.rmtree(root / ".dvc" / "tmp", ignore_errors=True)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=root, check=True)
     yield root
     # The copy's warm stage runner (flows/_warm.py) would otherwise idle on for 10 minutes.
@@ -136,8 +137,13 @@ def _repo_processes(root: Path, exclude: set[int]) -> list[psutil.Process]:
 @pytest.mark.slow  # repair, augment and two trainings on 2 cores: about 2 minutes
 def test_cancelling_during_training_stops_every_process_and_the_next_run_finishes(in_repo, prefect_harness):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState
-    from prefect.client.schemas.filters import FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.settings import get_current_settings
 
@@ -154,18 +160,21 @@ def test_cancelling_during_training_stops_every_process_and_the_next_run_finishe
         workers: list[psutil.Process] = []
         while time.monotonic() < deadline and client_process.poll() is None:
             # Lightning's ddp_spawn workers (children of the stage, or of its warm fork).
-            workers = [p for p in _repo_processes(in_repo, {client_process.pid}) if "spawn_main" in " ".join(p.info["cmdline"] or [])]
+            workers = [p for p in _repo_processes(in_repo, {client_process.pid})
+                       if "spawn_main" in " ".join(p.info["cmdline"] or [])]
             if workers:
                 break
             time.sleep(1)
-        assert workers, "training never started its worker processes:\n" + (client_process.stdout.read() if client_process.poll() is not None else "")
+        assert workers, "training never started its worker processes:\n" + (
+            client_process.stdout.read() if client_process.poll() is not None else "")
         time.sleep(3)
         with get_client(sync_client=True) as client:
             runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["pipeline"])),
                                          flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))))
             run = max((r for r in runs if r.start_time and r.start_time.timestamp() >= started - 5), key=lambda r: r.start_time)
         cancelled_at = time.monotonic()
-        subprocess.run([sys.executable, "-m", "prefect", "flow-run", "cancel", str(run.id)], env=env, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "prefect", "flow-run", "cancel", str(run.id)],
+                       env=env, check=True, capture_output=True)
         output, _ = client_process.communicate(timeout=90)
         assert time.monotonic() - cancelled_at < 60
     finally:
@@ -204,7 +213,8 @@ def test_shards_validate_in_parallel_on_a_dask_cluster(tmp_path, params, prefect
     frame.loc[[3, 700, 1300], "px_0010"] = 99.0  # outside data.pixel_range: one bad row in each of 3 shards of 599
     path = tmp_path / "digits.parquet"
     frame.to_parquet(path)
-    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboard_address": None})
+    cluster = {"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    runner = DaskTaskRunner(cluster_kwargs=cluster)
     state = validate_shards.with_options(task_runner=runner)(params, str(path), 3, return_state=True)
     assert state.is_completed(), state.message
     result = state.result()

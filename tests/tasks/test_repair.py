@@ -46,7 +46,8 @@ def test_leakage_transforming_test_never_changes_the_repairer_and_uses_train_sta
     assert _state(repairer) == before
     pd.testing.assert_frame_equal(test, test_before)  # the input is never modified (values are filled in copies)
     if model_before is not None:  # KNN keeps train's rows only
-        assert len(repairer.imputer_.reference_) == len(train) and np.array_equal(model_before, repairer.imputer_.reference_, equal_nan=True)
+        assert len(repairer.imputer_.reference_) == len(train)
+        assert np.array_equal(model_before, repairer.imputer_.reference_, equal_nan=True)
     # The test split sits around 10: anything learned from it would show; train's statistics sit around 0.
     assert abs(repairer.imputer_.fill_values_.get("a", 0.0)) < 1.0
     assert repairer.outliers_.bounds_["b"][1] < 5  # train's quartiles, so test's values are clipped
