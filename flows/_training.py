@@ -1,20 +1,21 @@
-"""What the train and finetune flows share: loading a data set's splits as arrays, reporting
-progress to the Prefect UI while Lightning trains, and writing a fitted model with its history.
-Checkpoints live under checkpoints/<stage>/ (git-ignored, not a DVC output, so they survive the
-output cleanup `dvc repro` does before rerunning a stage)."""
+"""What the train and finetune flows share: reading a data set's splits and the repairer's class
+weights, reporting progress to the Prefect UI while Lightning trains, and writing a fitted model
+with its history. Checkpoints live under checkpoints/<stage>/ (git-ignored, not a DVC output, so
+they survive the output cleanup `dvc repro` does before rerunning a stage)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from flows._stage import AUGMENTED, MODELS, REPAIRED, REPORTS
+from flows._stage import AUGMENTED, REPAIRED
 from tasks.config import Params
 from tasks.errors import UserError
 from tasks.io import load_frame, load_json, save_json, save_text
 from tasks.model_io import ModelSpec, save_model
-from tasks.train import FitResult, to_arrays
+from tasks.train import FitResult
 
 CHECKPOINTS = Path("checkpoints")
 
@@ -35,22 +36,16 @@ def require_a_commit(where: str) -> None:
                             "run 'git add -A && git commit -m start', or set it to none")
 
 
-def load_dataset(params: Params, name: str):
-    """(train frame, val frame, classes): train is the augmented split, val the repaired one."""
-    train = load_frame(AUGMENTED / name / "train.parquet")
-    val = load_frame(REPAIRED / name / "val.parquet")
-    return train, val, sorted(train[params.data.label].unique().tolist())
+def load_splits(name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, val) of data set `name`: train is the augmented split, val the repaired one."""
+    return load_frame(AUGMENTED / name / "train.parquet"), load_frame(REPAIRED / name / "val.parquet")
 
 
-def arrays_for(params: Params, classes: list, task: str = "classification", **frames) -> dict:
-    return {split: to_arrays(frame, params.data, classes, task) for split, frame in frames.items()}
-
-
-def class_weights(params: Params, name: str, classes: list) -> list[float] | None:
+def load_class_weights(params: Params, name: str) -> dict[str, float] | None:
+    """The repairer's class weights of data set `name` by label, when repair.imbalance is class_weight."""
     if params.repair.imbalance != "class_weight":
         return None
-    weights = load_json(REPAIRED / name / "repairer.json")["class_weights"]
-    return [weights.get(str(c), 1.0) for c in classes]
+    return load_json(REPAIRED / name / "repairer.json")["class_weights"]
 
 
 def epoch_progress(key: str):
@@ -65,10 +60,11 @@ def epoch_progress(key: str):
     return on_epoch
 
 
-def write_model(result: FitResult, spec: ModelSpec, stage: str, model_dir: str, name: str) -> None:
-    save_model(result.state, spec, MODELS / model_dir)
-    if result.history:
-        columns = list(result.history[0])
-        rows = [",".join(str(row.get(c, "")) for c in columns) for row in result.history]
-        save_text("\n".join([",".join(columns), *rows]) + "\n", REPORTS / stage / f"{name}_history.csv")
-    save_json({k.replace("/", "_"): v for k, v in result.val_metrics.items()}, REPORTS / stage / f"{name}_metrics.json")
+def save_fit(fit: FitResult, spec: ModelSpec, model_dir: Path, reports: Path, prefix: str) -> None:
+    """The weights and spec to `model_dir`; `<prefix>_history.csv` and `<prefix>_metrics.json` to `reports`."""
+    save_model(fit.state, spec, model_dir)
+    if fit.history:
+        columns = list(fit.history[0])
+        rows = [",".join(str(row.get(c, "")) for c in columns) for row in fit.history]
+        save_text("\n".join([",".join(columns), *rows]) + "\n", reports / f"{prefix}_history.csv")
+    save_json({k.replace("/", "_"): v for k, v in fit.val_metrics.items()}, reports / f"{prefix}_metrics.json")

@@ -4,24 +4,24 @@ Pure: a network, arrays and typed config in; candidates and their measurements o
 dynamic int8 (torch.ao, Linear/LSTM; conv weights int8 weight-only), static int8 (torch.ao FX:
 conv-bn-relu fused, activations calibrated), L1 magnitude pruning (global or per layer, weights or whole channels; masked fine-tune,
 then the zeros made permanent) and knowledge distillation into a smaller declared backbone.
-Training goes through Lightning (the `Classifier` and `Distiller` modules). flows/compress.py reads
-inputs and writes the chosen model; tasks/export.py serialises and exports it.
+Training goes through Lightning (the `Classifier` and `Distiller` modules). `run` is the stage:
+candidates made, measured and judged (tasks/budgets.py), the pick exported to ONNX (tasks/export.py)
+and described in a model card. flows/compress.py reads the inputs and writes what `run` returns.
 """
 
 from __future__ import annotations
 
 import copy
 import signal
-import time
 import warnings
 from dataclasses import dataclass, field
 
 import lightning.pytorch as pl
 import numpy as np
+import pandas as pd
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from prefect import task
-from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torch.nn.utils import prune
 
@@ -31,9 +31,13 @@ from lightning_modules.classifier import Classifier
 from lightning_modules.datamodule import ArrayDataModule
 from lightning_modules.distill import UNLABELLED, Distiller
 from lightning_modules.epoch_means import Diverged
-from tasks.config import BudgetConfig, DistillConfig, LatencyConfig, OptimizerConfig, PruneConfig, TrainerConfig
-from tasks.errors import diverged
-from tasks.export import encode_state, int8_kernels_allowed, quantize_like, torch_logits
+from tasks.arrays import to_arrays
+from tasks.budgets import judge_budgets, measure
+from tasks.config import DistillConfig, OptimizerConfig, Params, PruneConfig, TrainerConfig
+from tasks.errors import UserError, diverged
+from tasks.export import encode_state, export_onnx, quantize_like, torch_logits
+from tasks.finetune import augment_labels
+from tasks.model_card import model_card
 from tasks.model_io import ModelSpec
 from tasks.train import backbone_spec
 
@@ -62,6 +66,101 @@ class Candidate:
 
 def original(network: Network, spec: ModelSpec) -> Candidate:
     return Candidate("original", network.eval(), network, spec, {"method": "original"})
+
+
+@dataclass
+class CompressData:
+    """What the compress stage reads."""
+
+    teacher: Network  # the model to compress (compress.model), loaded in eval mode
+    spec: ModelSpec
+    test: pd.DataFrame  # the yardstick
+    val: pd.DataFrame
+    pool: pd.DataFrame  # the whole augmented train pool: calibration, pruning fine-tune, distillation
+    labelled_ids: pd.Series | None = None  # finetune's labelled rows (data/finetune/labelled_ids.parquet)
+    data_version: dict[str, str] = field(default_factory=dict)  # md5 of each input file, for the model card
+
+
+@dataclass
+class CompressResult:
+    chosen: Candidate
+    rows: list[dict]  # every candidate's measurements and verdict, the original first
+    metrics: dict  # reports/compress/metrics.json
+    onnx: bytes
+    onnx_report: dict
+    card: str  # MODEL_CARD.md
+
+
+def needs_labelled_ids(params: Params) -> bool:
+    """Pruning fine-tunes and a `labels: few` distillation use finetune's labelled ids."""
+    cfg = params.compress
+    return bool(cfg.prune) or (cfg.distill is not None and cfg.distill.labels == "few")
+
+
+def run(params: Params, data: CompressData) -> CompressResult:
+    """The compress stage: candidates made, measured, judged against the budgets; the pick exported."""
+    cfg = params.compress
+    x, y = to_arrays(data.test, params.data, data.spec.classes)
+    candidates, failed = make_candidates(params, data)
+    rows = [measure(c, x, y, cfg.latency) for c in candidates]
+    rows, chosen = judge_budgets(rows, cfg.budgets, cfg.select, cfg.latency.budget_batch)
+    rows += [{"name": name, "verdict": why, "missed": [why]} for name, why in failed.items()]
+    if chosen is None:
+        missed = "; ".join(f"{r['name']}: {', '.join(r['missed'])}" for r in rows[1:]) or "no candidate enabled"
+        if cfg.on_miss == "fail":
+            raise UserError(f"compress: no candidate met every budget in params.yaml compress.budgets ({missed})")
+        print(f"no candidate met every budget; shipping the uncompressed model ({missed})")
+        chosen = "original"
+    pick = next(c for c in candidates if c.name == chosen)
+    # ONNX first: a parity failure stops the stage before any model file is written.
+    onnx, onnx_report = export_onnx(pick.fp32, pick.model if pick.quantized else None, pick.spec.in_shape, x, y,
+                                    cfg.onnx, cfg.latency.num_threads)
+    before, after = rows[0], next(r for r in rows if r["name"] == chosen)
+    metrics = {"chosen": chosen, "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
+               "bytes_before": before["bytes"], "bytes_after": after["bytes"], "size_reduction": after["size_reduction"],
+               "onnx_max_abs_diff": onnx_report["fp32"]["max_abs_diff"], "onnx_bytes": len(onnx),
+               "candidates": {r["name"]: {k: r[k] for k in ("accuracy", "accuracy_drop_points", "size_reduction", "bytes",
+                                                              "nonzero_parameters", f"p50_ms_b{cfg.latency.budget_batch}")}
+                              for r in rows if "accuracy" in r}}
+    card = model_card(pick.name, rows, cfg, data.data_version, onnx_report, pick.recipe)
+    return CompressResult(pick, rows, metrics, onnx, onnx_report, card)
+
+
+def make_candidates(params: Params, data: CompressData) -> tuple[list[Candidate], dict[str, str]]:
+    """The original and every enabled candidate; `failed`: a method this torch cannot run, and why."""
+    cfg, teacher, spec = params.compress, data.teacher, data.spec
+    val = to_arrays(data.val, params.data, spec.classes)
+    pool_x, pool_y = to_arrays(data.pool, params.data, spec.classes)
+    candidates, failed = [original(teacher, spec)], {}
+    if cfg.quantize.dynamic:
+        candidates.append(quantize_dynamic_int8(teacher, spec, cfg.quantize.conv_weights))
+    if cfg.quantize.static:
+        try:
+            candidates.append(quantize_static_int8(teacher, spec, pool_x[:cfg.quantize.calibration_rows], cfg.quantize.engine))
+        except (NotImplementedError, RuntimeError) as e:  # an op or engine this torch cannot quantize
+            failed["static_int8"] = f"static quantization failed: {str(e).splitlines()[0]}"
+    if cfg.prune:
+        # Every pool image (the unpruned model's outputs) and the labels the fine-tuned model saw.
+        arrays = {"train": (pool_x, _labels_kept(params, data, "few", pool_y)), "val": val}
+        for entry in cfg.prune:
+            candidates.append(prune_candidate(teacher, spec, entry, arrays, cfg.prune_optimizer, cfg.prune_trainer, cfg.seed))
+    if cfg.distill:
+        # Every pool image carries the teacher's soft targets; hard labels only where cfg.distill.labels allows.
+        # Augmented copies widen the transfer set: the teacher labels each copy as it sees it.
+        train = augment_labels(pool_x, _labels_kept(params, data, cfg.distill.labels, pool_y), cfg.distill.augment_copies,
+                               params.augment, cfg.seed)
+        candidates.append(distill_candidate(teacher, spec, cfg.distill, {"train": train, "val": val}, cfg.seed))
+    return candidates, failed
+
+
+def _labels_kept(params: Params, data: CompressData, mode: str, y: np.ndarray) -> np.ndarray:
+    """The pool's labels where compression may use them (DistillConfig.labels: all, none, or few: the
+    rows finetune labelled), UNLABELLED elsewhere."""
+    if mode == "all":
+        return y
+    if mode == "none":
+        return np.full_like(y, UNLABELLED)
+    return np.where(data.pool[params.data.id].isin(data.labelled_ids).to_numpy(), y, UNLABELLED)
 
 
 # ---------------------------------------------------------------------------------- quantization
@@ -187,71 +286,3 @@ def lightning_fit(module: pl.LightningModule, arrays: dict, cfg: TrainerConfig, 
     except SIGTERMException:  # Lightning stops at a batch's end and exits 0: a stopped run must not pass for done
         raise SystemExit(128 + signal.SIGTERM) from None
     return history.rows
-
-
-# ------------------------------------------------------------------------------------ measuring
-def latency_ms(run, x: np.ndarray, cfg: LatencyConfig) -> dict[str, float]:
-    """p50/p95 wall time of `run(batch)` per batch size, after `warmup` untimed calls."""
-    out = {}
-    for size in cfg.batch_sizes:
-        batch = np.resize(x, (size, *x.shape[1:])).astype(np.float32)  # repeats rows if the split is smaller
-        for _ in range(cfg.warmup):
-            run(batch)
-        times = []
-        for _ in range(cfg.repeats):
-            start = time.perf_counter()
-            run(batch)
-            times.append((time.perf_counter() - start) * 1000)
-        out[f"p50_ms_b{size}"] = round(float(np.percentile(times, 50)), 4)
-        out[f"p95_ms_b{size}"] = round(float(np.percentile(times, 95)), 4)
-    return out
-
-
-@task
-def measure(candidate: Candidate, x: np.ndarray, y: np.ndarray, cfg: LatencyConfig) -> dict:
-    """Accuracy on the test split, serialised size, parameters, non-zeros, latency (cfg.num_threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.num_threads)
-    try:
-        with warnings.catch_warnings(), int8_kernels_allowed():
-            warnings.simplefilter("ignore")  # torch.ao's deprecation notice, once per quantized call
-            accuracy = float((torch_logits(candidate.model, x).argmax(axis=1) == y).mean())
-
-            def run(batch: np.ndarray) -> None:
-                with torch.inference_mode():
-                    candidate.model(torch.from_numpy(batch))
-
-            timings = latency_ms(run, x, cfg)
-    finally:
-        torch.set_num_threads(threads)
-    tensors, _ = candidate.saved_state()
-    weights = list(candidate.fp32.parameters())
-    return {"name": candidate.name, "method": candidate.recipe["method"], "accuracy": round(accuracy, 6),
-            "bytes": len(safetensors_bytes(tensors)), "parameters": int(sum(w.numel() for w in weights)),
-            "nonzero_parameters": int(sum((w != 0).sum() for w in weights)), **timings}
-
-
-# -------------------------------------------------------------------------------------- budgets
-@task
-def judge(rows: list[dict], budgets: BudgetConfig, select: str, budget_batch: int) -> tuple[list[dict], str | None]:
-    """Each row gets its accuracy drop (points), size reduction and a verdict naming every budget it
-    missed; returns the rows and the best row within every budget (None when there is none).
-    `rows[0]` is the uncompressed model."""
-    base, latency_key = rows[0], f"p50_ms_b{budget_batch}"
-    judged = []
-    for row in rows:
-        drop = round((base["accuracy"] - row["accuracy"]) * 100, 4)
-        reduction = round(base["bytes"] / row["bytes"], 4)
-        missed = []
-        if drop > budgets.max_accuracy_drop + 1e-9:
-            missed.append(f"accuracy drop {drop:.2f} > {budgets.max_accuracy_drop} points")
-        if reduction < budgets.min_size_reduction - 1e-9:
-            missed.append(f"size reduction {reduction:.2f}x < {budgets.min_size_reduction}x")
-        if budgets.max_latency_ms is not None and row[latency_key] > budgets.max_latency_ms:
-            missed.append(f"latency {row[latency_key]:.2f} ms > {budgets.max_latency_ms} ms at batch {budget_batch}")
-        verdict = "reference" if row is base else ("within budget" if not missed else "missed: " + "; ".join(missed))
-        judged.append({**row, "accuracy_drop_points": drop, "size_reduction": reduction, "missed": missed, "verdict": verdict})
-    passing = [r for r in judged[1:] if not r["missed"]]
-    order = {"smallest": lambda r: (r["bytes"], -r["accuracy"]), "fastest": lambda r: (r[latency_key], r["bytes"]),
-             "most_accurate": lambda r: (-r["accuracy"], r["bytes"])}[select]
-    return judged, (min(passing, key=order)["name"] if passing else None)

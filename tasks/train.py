@@ -31,16 +31,16 @@ from lightning_modules.classifier import LOSS_TASK, Classifier
 from lightning_modules.datamodule import ArrayDataModule
 from lightning_modules.epoch_means import Diverged
 from tasks import checkpoints
-from tasks.config import BackboneConfig, BatchAugmentConfig, DataConfig, OptimizerConfig, TrainerConfig
+from tasks.config import BackboneConfig, BatchAugmentConfig, DataConfig, OptimizerConfig, Params, TrainerConfig
 from tasks.errors import UserError, diverged
-from tasks.frames import feature_columns, features_array
+from tasks.arrays import classes_of, input_shape, to_arrays, vocab_size, weights_for
 from tasks.model_io import ModelSpec
 
 # Lightning advertises a cloud logger on every run; the stage logs are ours.
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
 
-__all__ = ["FitResult", "Plan", "plan", "preflight", "to_arrays", "transfer_state", "fit_classifier", "backbone_spec",
-           "input_shape", "vocab_size", "LOSS_TASK"]
+__all__ = ["TrainData", "TrainedModel", "run", "FitResult", "Plan", "hardware_plan", "preflight", "to_arrays", "transfer_state",
+           "fit_classifier", "backbone_spec", "input_shape", "vocab_size", "LOSS_TASK"]
 
 
 @dataclass
@@ -52,13 +52,49 @@ class FitResult:
 
 
 @dataclass
+class TrainData:
+    """What the train stage reads: its data set's augmented train split, the repaired val split and
+    the repairer's class weights by label (None unless repair.imbalance is class_weight)."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    class_weights: dict[str, float] | None = None
+
+
+@dataclass
+class TrainedModel:
+    spec: ModelSpec  # what rebuilds the network (model.json)
+    fit: FitResult
+
+
+def run(params: Params, data: TrainData, on_epoch: Callable[[int, int, dict], None] | None = None,
+        checkpoint_dir: Path | None = None, live_dir: Path | None = None) -> TrainedModel:
+    """The train stage: the model `params.train` declares, fitted on `data` (train.loss picks the task)."""
+    cfg, declared = params.train, params.data
+    task = LOSS_TASK[cfg.loss]
+    classes = classes_of(data.train, declared)
+    if task == "binary" and len(classes) != 2:
+        raise UserError(f"train.loss: bce needs two classes, found {len(classes)} in column '{declared.label}'; use cross_entropy")
+    if cfg.on_the_fly is not None and declared.modality != "image":
+        raise UserError(f"train.on_the_fly: batch augmentation is for images, data.modality is {declared.modality}")
+    classes = [] if task == "regression" else classes
+    spec = ModelSpec(backbone_spec(cfg.backbone, declared, vocab_size(data.train, declared)), input_shape(data.train, declared),
+                     classes, {"trained_on": cfg.dataset, "task": task, "data": declared.model_dump(mode="json")})
+    arrays = {split: to_arrays(frame, declared, classes, task) for split, frame in (("train", data.train), ("val", data.val))}
+    weights = weights_for(classes, data.class_weights) if task != "regression" else None
+    fit = fit_classifier(arrays, spec, cfg.optimizer, cfg.trainer, cfg.seed, weights, label_smoothing=cfg.label_smoothing,
+                         on_epoch=on_epoch, on_the_fly=cfg.on_the_fly, checkpoint_dir=checkpoint_dir, live_dir=live_dir)
+    return TrainedModel(spec, fit)
+
+
+@dataclass
 class Plan:
     device: str  # cpu | gpu | tpu | mps
     strategy: str  # what Lightning gets
     line: str  # what was asked, found and will happen
 
 
-def plan(cfg: TrainerConfig, where: str = "trainer") -> Plan:
+def hardware_plan(cfg: TrainerConfig, where: str = "trainer") -> Plan:
     """Check the asked hardware against this machine; refuse what cannot run, with one line."""
     from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
@@ -98,18 +134,10 @@ def plan(cfg: TrainerConfig, where: str = "trainer") -> Plan:
 
 def preflight(cfg: TrainerConfig, where: str = "trainer") -> str:
     """One line: what was asked, what this machine has, what will run. Refuses absent hardware."""
-    return plan(cfg, where).line
+    return hardware_plan(cfg, where).line
 
 
-def to_arrays(frame: pd.DataFrame, data: DataConfig, classes: list, task: str = "classification") -> tuple[np.ndarray, np.ndarray]:
-    """Features and targets: class indices (position in `classes`), or the numeric label for regression."""
-    if task == "regression":
-        return features_array(frame, data), frame[data.label].to_numpy(dtype=np.float32)
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = set(frame[data.label].unique()) - set(index)
-    if unknown:
-        raise UserError(f"column '{data.label}': labels {sorted(unknown)[:5]} are not among the trained classes {classes}")
-    return features_array(frame, data), frame[data.label].map(index).to_numpy(dtype=np.int64)
+plan = hardware_plan  # the name flows/_stage.py imports (not this session's file to edit)
 
 
 def transfer_state(source: dict[str, torch.Tensor], target: torch.nn.Module, exclude: tuple[str, ...] = ()) -> tuple[dict, dict]:
@@ -149,7 +177,7 @@ def fit_classifier(
     checkpoint_dir: keep best/last checkpoints under it and resume an interrupted identical run;
     live_dir: dvclive metrics and plots (trainer.logger: dvclive); callbacks: extra Lightning callbacks;
     run_settings: what else decides the result (e.g. the callbacks' schedule), part of the resume key."""
-    run = plan(trainer_cfg)
+    run = hardware_plan(trainer_cfg)
     torch.set_num_threads(trainer_cfg.num_threads)
     pl.seed_everything(seed, workers=True, verbose=False)
     network = spec.build()
@@ -242,13 +270,6 @@ def _trainer_args(cfg: TrainerConfig, run: Plan, folder: Path | None, has_val: b
     )
 
 
-def vocab_size(frame: pd.DataFrame, data: DataConfig) -> int | None:
-    """Text: data.vocab_size, or the largest token id in `frame` + 1; None for other modalities."""
-    if data.modality != "text":
-        return None
-    return data.vocab_size or int(np.nanmax(frame[feature_columns(frame, data)].to_numpy(dtype=float))) + 1
-
-
 def backbone_spec(cfg: BackboneConfig, data: DataConfig | None = None, vocab: int | None = None) -> dict:
     """The JSON that rebuilds the backbone (lightning_modules.backbones.build_backbone)."""
     if cfg.kind in ("mlp", "cnn") and vocab:
@@ -262,10 +283,6 @@ def backbone_spec(cfg: BackboneConfig, data: DataConfig | None = None, vocab: in
         return {"kind": "rnn", "cell": cfg.cell, "hidden": cfg.hidden, "layers": cfg.layers, "bidirectional": cfg.bidirectional,
                 "embed": cfg.embed, "dropout": cfg.dropout, **tokens}
     return {"kind": "transformer", "d_model": cfg.d_model, "heads": cfg.heads, "layers": cfg.layers, "dropout": cfg.dropout, **tokens}
-
-
-def input_shape(frame: pd.DataFrame, data: DataConfig) -> tuple[int, ...]:
-    return tuple(data.image_shape) if data.modality == "image" else (len(feature_columns(frame, data)),)
 
 
 def _drop_torn_json(path: Path) -> None:

@@ -50,6 +50,8 @@ def _make_inputs(project, params) -> None:
     save_frame(test, project / "data/repaired/target/test.parquet")
     save_frame(val, project / "data/repaired/target/val.parquet")
     save_frame(pool, project / "data/augmented/target/train.parquet")
+    # finetune's declared output: the rows whose labels it used (5 a class)
+    save_frame(pool.groupby(params.data.label).head(5)[[params.data.id]], project / "data/finetune/labelled_ids.parquet")
 
     torch.manual_seed(0)
     spec = ModelSpec({"kind": "cnn", "widths": [8, 16], "hidden": 32, "dropout": 0.0}, (1, 8, 8), CLASSES, {"trained_on": "target"})

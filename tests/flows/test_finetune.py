@@ -35,7 +35,7 @@ def test_weights_file_gradual_unfreezing_then_the_gate(prefect_harness, project)
     # A torchvision/timm-style checkpoint of the same network, saved from a DataParallel wrapper.
     spec = ModelSpec(backbone_spec(base.train.backbone), tuple(base.data.image_shape), list(range(10)), {})
     torch.save({"state_dict": {f"module.{k}": v for k, v in spec.build().state_dict().items()}}, project / "mine.pth")
-    params = _params(finetune={"init_from": "mine.pth", "key_map": {"module.": ""}, "strategy": "gradual",
+    params = _params(finetune={"init_from": "mine.pth", "key_map": {"module.": ""}, "strategy": "gradual", "unfreeze_at_epoch": 0,
                                "unfreeze_every": 1, "augment_copies": 1, "baseline": False},
                      evaluate={"gate": {"min": {"accuracy": 0.0}, "vs_champion": ["accuracy"], "champion": "champion"}})
     summary = finetune(params)

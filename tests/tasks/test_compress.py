@@ -12,8 +12,9 @@ from safetensors.torch import save_file
 
 from lightning_modules.distill import distillation_loss
 from tasks import export
-from tasks.compress import (apply_pruning, distill_candidate, judge, measure, original, prune_candidate, prunable,
-                            quantize_dynamic_int8, quantize_static_int8, sparsity)
+from tasks.budgets import judge_budgets, measure
+from tasks.compress import (apply_pruning, distill_candidate, original, prune_candidate, prunable, quantize_dynamic_int8,
+                            quantize_static_int8, sparsity)
 from tasks.config import BudgetConfig, DistillConfig, LatencyConfig, OnnxConfig, OptimizerConfig, PruneConfig, TrainerConfig
 from tasks.errors import UserError
 from tasks.io import save_json
@@ -150,20 +151,20 @@ def _row(name, accuracy, size, latency):
     return {"name": name, "method": name, "accuracy": accuracy, "bytes": size, "p50_ms_b64": latency}
 
 
-def test_judge_picks_the_best_within_budget_and_names_what_each_missed():
+def test_judge_budgets_picks_the_best_within_budget_and_names_what_each_missed():
     rows = [_row("original", 0.90, 400, 10.0), _row("big", 0.90, 300, 5.0), _row("lossy", 0.85, 50, 5.0),
             _row("slow", 0.895, 100, 30.0), _row("good", 0.895, 150, 8.0), _row("better", 0.899, 120, 9.0)]
     budgets = BudgetConfig(max_accuracy_drop=1.0, min_size_reduction=2.0, max_latency_ms=20)
-    judged, chosen = judge.fn(rows, budgets, "smallest", 64)
+    judged, chosen = judge_budgets.fn(rows, budgets, "smallest", 64)
     verdicts = {r["name"]: r for r in judged}
     assert chosen == "better"
     assert verdicts["big"]["missed"] == ["size reduction 1.33x < 2.0x"]
     assert verdicts["lossy"]["missed"] == ["accuracy drop 5.00 > 1.0 points"]
     assert verdicts["slow"]["missed"] == ["latency 30.00 ms > 20.0 ms at batch 64"]
     assert verdicts["good"]["verdict"] == "within budget" and verdicts["original"]["verdict"] == "reference"
-    assert judge.fn(rows, budgets, "fastest", 64)[1] == "good"
-    assert judge.fn(rows, budgets, "most_accurate", 64)[1] == "better"
-    _, none = judge.fn(rows[:4], budgets, "smallest", 64)
+    assert judge_budgets.fn(rows, budgets, "fastest", 64)[1] == "good"
+    assert judge_budgets.fn(rows, budgets, "most_accurate", 64)[1] == "better"
+    _, none = judge_budgets.fn(rows[:4], budgets, "smallest", 64)
     assert none is None
 
 
@@ -227,3 +228,23 @@ def test_a_diverged_distillation_is_one_line_naming_the_compress_block(monkeypat
         lightning_fit(module, {"train": (x, targets), "val": (x, y)}, TrainerConfig(max_epochs=2, batch_size=16, accelerator="cpu"), 0)
     assert str(error.value).startswith("distillation stopped at epoch 1 of 2: the mean training loss is nan; ")
     assert "lower compress.distill.optimizer.lr, set compress.distill.trainer.gradient_clip_val" in str(error.value)
+
+
+def test_run_measures_judges_and_exports_with_finetunes_labelled_ids(tiny):
+    import tasks.compress
+    from tasks.config import parse_params
+    from tasks.frames import images_to_frame
+    from tests.conftest import shrunk_params_dict
+
+    raw = shrunk_params_dict()
+    raw["compress"].update(quantize={"dynamic": True, "static": False}, distill=None, on_miss="keep_original",
+                           prune=[{"amount": 0.5, "scope": "global", "structure": "unstructured", "finetune_epochs": 1}],
+                           latency={"batch_sizes": [4], "budget_batch": 4, "warmup": 0, "repeats": 3})
+    params = parse_params(raw)
+    network, spec, x, y = tiny
+    frame = images_to_frame(x, np.array(spec.classes)[y], params.data)
+    labelled = frame[params.data.id][:6]
+    result = tasks.compress.run(params, tasks.compress.CompressData(network, spec, frame, frame, frame, labelled))
+    assert [r["name"] for r in result.rows] == ["original", "dynamic_int8", "prune_global_unstructured_50"]
+    assert result.metrics["chosen"] == result.chosen.name and result.onnx[:2] and "## Budgets" in result.card
+    assert result.rows[2]["nonzero_parameters"] < result.rows[0]["nonzero_parameters"]

@@ -8,7 +8,7 @@ import pytest
 
 from tasks.config import SliceConfig
 from tasks.errors import UserError
-from tasks.evaluate import (classification_metrics, headline, pr_curve, regression_metrics, reliability, report_markdown,
+from tasks.evaluate import (classification_metrics, headline, pr_curve, regression_metrics, reliability, evaluation_markdown,
                             roc_curve, slice_metrics)
 from tasks.figures import curves_png, reliability_png
 
@@ -63,7 +63,7 @@ def test_slices_per_column_value_and_per_class():
     assert by["label=1"]["accuracy"] == pytest.approx(2 / 3, abs=1e-6) and by["label=7"]["rows"] == 0
     with pytest.raises(UserError, match="column 'region'"):
         slice_metrics.fn(probs, y, frame, [SliceConfig(column="region")], [0, 1])
-    assert "| site=a | 2 | 0.500 |" in report_markdown(classification_metrics.fn(probs, y, [0, 1]), None, "m", rows, None)
+    assert "| site=a | 2 | 0.500 |" in evaluation_markdown(classification_metrics.fn(probs, y, [0, 1]), None, "m", rows, None)
 
 
 def test_a_model_that_outputs_nan_scores_nan_not_a_plausible_accuracy():
@@ -76,9 +76,28 @@ def test_a_model_that_outputs_nan_scores_nan_not_a_plausible_accuracy():
     assert np.isnan(m["per_class"]["a"]["f1"]) and m["per_class"]["a"]["support"] == 2
     rows = slice_metrics.fn(probs, y, pd.DataFrame({"g": ["x", "x", "y", "y"]}), [SliceConfig(column="g")], ["a", "b"])
     assert np.isnan(rows[0]["accuracy"]) and rows[1]["accuracy"] == 0.0  # only the slice holding the NaN row
-    report = report_markdown(m, None, "models/train", rows, None)  # the report says nan rather than crashing
+    report = evaluation_markdown(m, None, "models/train", rows, None)  # the report says nan rather than crashing
     assert "| accuracy | nan |" in report and "| nonfinite_rows | 1 |" in report
     assert curves_png({}, roc_curve(probs, y), pr_curve(probs, y), "t")[:4] == b"\x89PNG"
     regression = regression_metrics.fn(np.array([1.0, np.inf, 3.0]), np.array([1.0, 2.0, 5.0]))
     assert regression["nonfinite_rows"] == 1 and regression["mse"] == np.inf
     assert "nonfinite_rows" not in classification_metrics.fn(probs[1:], y[1:], ["a", "b"])  # a sound model's metrics as before
+
+
+def test_run_scores_a_model_against_its_baseline_and_gates_it(params):
+    import torch
+
+    import tasks.evaluate
+    from tasks.frames import images_to_frame
+    from tasks.model_io import ModelSpec
+
+    spec = ModelSpec({"kind": "mlp", "hidden": 8, "depth": 1, "dropout": 0.0}, (1, 8, 8), [0, 1], {"trained_on": "target"})
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    test = images_to_frame(rng.random((20, 1, 8, 8), dtype=np.float32), np.arange(20) % 2, params.data)
+    data = tasks.evaluate.EvaluateData(spec.build().eval(), spec, test, "models/finetune", "abc", spec.build().eval(), None)
+    result = tasks.evaluate.run(params, data)
+    assert result.scores["samples"] == 20 and "gain_accuracy" in result.scores and "scratch_accuracy" in result.scores
+    assert result.verdict["weights_sha256"] == "abc" and result.verdict["metrics"] == result.scores
+    assert set(result.plots) == {"confusion", "roc", "pr", "calibration"} and result.figures["curves"][:4] == b"\x89PNG"
+    assert result.markdown.startswith("#") and result.details["slices"]

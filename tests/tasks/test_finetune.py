@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 from lightning_modules.transfer import TransferSchedule, group_prefixes, layer_groups
 from tasks.config import AugmentConfig, DataConfig, FinetuneConfig, OptimizerConfig, TrainerConfig
 from tasks.errors import UserError
-from tasks.finetune import (augment_labels, balanced_weights, check_transfer, few_labels, keep_classes, map_keys,
-                            read_weights_file, replay_rows, schedule, seed_joint_head, with_replay)
+from tasks.finetune import augment_labels, balanced_weights, few_labels, keep_classes, replay_rows, schedule, seed_joint_head, with_replay
+from tasks.init_from import check_transfer, map_keys, read_weights_file
 from tasks.model_io import ModelSpec
 from tasks.train import fit_classifier, transfer_state
 
@@ -242,7 +242,7 @@ def test_init_from_is_checked_in_params():
                  marks=pytest.mark.slow),  # importing transformers alone takes seconds
 ])
 def test_packaged_pretrained_weights_load_offline_into_the_adapter(package, in_shape, x):
-    from tasks.finetune import package_backbone, package_weights
+    from tasks.init_from import package_backbone, package_weights
 
     cfg = FinetuneConfig(init_from=f"package:{package}", image_size=32)
     spec = ModelSpec(package_backbone(cfg), in_shape, [0, 1, 2], {})
@@ -299,3 +299,32 @@ def test_an_interrupted_gradual_fine_tune_resumes_to_the_uninterrupted_weights(t
     assert resumed.resumed_from_epoch == 3
     for name, tensor in whole.state.items():
         assert torch.equal(tensor, resumed.state[name]), name
+
+
+# ------------------------------------------------------------------------------- the stage, in-process
+def _digit_frames(params, classes, rows_a_class):
+    from sklearn.datasets import load_digits
+
+    from tasks.frames import images_to_frame
+
+    digits = load_digits()
+    keep = np.concatenate([np.flatnonzero(digits.target == c)[:rows_a_class] for c in classes])
+    return images_to_frame(digits.images[keep].astype(np.float32)[:, None], digits.target[keep], params.data)
+
+
+def test_run_fine_tunes_from_the_train_model_and_returns_its_labelled_ids(params):
+    import tasks.finetune
+    from tasks.init_from import StartingPoint
+
+    source = ModelSpec({"kind": "cnn", "widths": [8, 16], "hidden": 16, "dropout": 0.0}, (1, 8, 8), [0, 1, 2, 3, 4], {})
+    torch.manual_seed(0)
+    start = StartingPoint("train", source.backbone, source.build().state_dict(), source.classes)
+    pool, val = _digit_frames(params, [5, 6, 7, 8, 9], 12), _digit_frames(params, [5, 6, 7, 8, 9], 4)
+    data = tasks.finetune.FinetuneData(pool, val, start, source_pool=_digit_frames(params, [0, 1, 2, 3, 4], 12))
+    result = tasks.finetune.run(params, data)
+
+    assert list(result.labelled.columns) == [params.data.id] and len(result.labelled) == 5 * params.finetune.labels_per_class
+    assert set(result.labelled[params.data.id]) <= set(pool[params.data.id])
+    assert result.transfer["missing"] == ["head.bias", "head.weight"] and result.transfer["replay"]["joint_classes"] == list(range(10))
+    assert result.tuned.state["head.weight"].shape[0] == 5 and result.spec.classes == [5, 6, 7, 8, 9]  # the joint head cut
+    assert result.scratch is not None and result.summary["training_rows"] == (params.finetune.augment_copies + 1) * 25 + result.transfer["replay"]["rows"]

@@ -29,8 +29,9 @@ def _digits(n: int = 600, seed: int = 0) -> dict:
 
 
 def _spec(kind: str = "cnn", in_shape=(1, 8, 8), classes=tuple(range(10)), task="classification", **backbone) -> ModelSpec:
-    cfg = BackboneConfig(kind=kind, widths=[8, 16], hidden=16, dropout=0.2, d_model=16, heads=2, layers=1, embed=8) \
-        .model_copy(update=backbone)
+    own = {"mlp": {"widths": [8, 16], "hidden": 16}, "cnn": {"widths": [8, 16], "hidden": 16}, "rnn": {"hidden": 16, "layers": 1, "embed": 8},
+           "transformer": {"d_model": 16, "heads": 2, "layers": 1}}[kind]  # a key another kind reads is refused
+    cfg = BackboneConfig(kind=kind, dropout=0.2, **own).model_copy(update=backbone)
     vocab = backbone.get("vocab")
     return ModelSpec(backbone_spec(cfg, None if vocab is None else _Data(), vocab), in_shape, list(classes), {"task": task})
 
@@ -276,3 +277,18 @@ def test_a_torn_dvclive_metrics_file_is_dropped_before_resuming(tmp_path, capsys
     _drop_torn_json(tmp_path / "absent.json")
     assert not torn.exists() and whole.exists()
     assert "cannot be read (cut off mid-write?)" in capsys.readouterr().out
+
+
+def test_run_fits_the_declared_model_on_frames(params):
+    from sklearn.datasets import load_digits
+
+    import tasks.train
+    from tasks.frames import images_to_frame
+
+    digits = load_digits()
+    keep = digits.target < 3
+    frame = images_to_frame(digits.images[keep][:, None].astype(np.float32), digits.target[keep], params.data)
+    result = tasks.train.run(params, tasks.train.TrainData(frame[:90], frame[90:120], {"0": 2.0}))
+    assert result.spec.classes == [0, 1, 2] and result.spec.extra["task"] == "classification"
+    assert result.spec.extra["trained_on"] == params.train.dataset and result.spec.in_shape == (1, 8, 8)
+    assert result.fit.state["head.weight"].shape[0] == 3 and len(result.fit.history) == params.train.trainer.max_epochs
