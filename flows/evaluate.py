@@ -35,7 +35,8 @@ def evaluate(params: Params) -> dict:
     network, spec = load_model(model_dir)
     scratch_dir = model_dir / "scratch"
     data = tasks.evaluate.EvaluateData(
-        network, spec, load_frame(REPAIRED / spec.extra["trained_on"] / "test.parquet"), str(model_dir), weights_digest(model_dir),
+        network, spec, load_frame(REPAIRED / spec.extra["trained_on"] / "test.parquet"), str(model_dir),
+        weights_digest(model_dir),
         load_model(scratch_dir)[0] if (scratch_dir / "model.json").exists() else None, load_champion(cfg.gate))
     result = tasks.evaluate.run(params, data)
 
@@ -61,12 +62,15 @@ def evaluate(params: Params) -> dict:
 
 def publish(result: tasks.evaluate.Evaluation, model_dir) -> None:
     """The metrics, slices, images, report, verdict and the model's path as Prefect artifacts."""
-    create_table_artifact([{"metric": k, "value": v} for k, v in result.scores.items()], key="metrics", description="Test metrics")
+    scores = [{"metric": k, "value": v} for k, v in result.scores.items()]
+    create_table_artifact(scores, key="metrics", description="Test metrics")
     if result.details["slices"]:
-        create_table_artifact(result.details["slices"], key="slices", description="Metrics on the declared slices of the test split")
+        create_table_artifact(result.details["slices"], key="slices",
+                              description="Metrics on the declared slices of the test split")
     for name, png in result.images.items():
-        create_image_artifact("data:image/png;base64," + base64.b64encode(png).decode(),
-                              key=f"{name}-plot" if name != "confusion" else "confusion-matrix", description=f"{name} on the test split")
+        key = f"{name}-plot" if name != "confusion" else "confusion-matrix"
+        create_image_artifact("data:image/png;base64," + base64.b64encode(png).decode(), key=key,
+                              description=f"{name} on the test split")
     create_markdown_artifact(result.markdown, key="evaluation-report", description="Evaluation report")
     verdict = result.verdict
     gate_md = f"# Gate: {'promoted' if verdict['promoted'] else 'NOT promoted'}\n\n{verdict['reason']}\n"

@@ -63,7 +63,8 @@ def save_no_baseline() -> None:
 
 def publish_transfer(transfer: dict) -> None:
     """What was transferred, as one line and a Prefect table."""
-    counts = {k: len(transfer[k]) if isinstance(transfer[k], list) else transfer[k] for k in ("loaded", "mismatched", "skipped", "missing")}
+    counts = {k: len(transfer[k]) if isinstance(transfer[k], list) else transfer[k]
+              for k in ("loaded", "mismatched", "skipped", "missing")}
     source = transfer["init_from"]
     print(f"transfer from {source}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
           + (f"; new or mismatched: {', '.join(transfer['missing'][:6])}" if isinstance(transfer["missing"], list) else ""))

@@ -15,7 +15,8 @@ from tasks.errors import UserError
 from tasks.frames import feature_columns, features_array
 
 
-def to_arrays(frame: pd.DataFrame, data: DataConfig, classes: list, task: str = "classification") -> tuple[np.ndarray, np.ndarray]:
+def to_arrays(frame: pd.DataFrame, data: DataConfig, classes: list,
+              task: str = "classification") -> tuple[np.ndarray, np.ndarray]:
     """Features and targets: class indices (position in `classes`), or the numeric label for regression."""
     if task == "regression":
         return features_array(frame, data), frame[data.label].to_numpy(dtype=np.float32)

@@ -90,8 +90,8 @@ def run(params: Params, data: FinetuneData, on_epoch: Callable[[int, int, dict],
         tuned = dataclasses.replace(tuned, state=keep_classes(tuned.state, fit.target_rows))
     scratch = None
     if cfg.baseline and data.start.weights is not None:
-        scratch = fit_classifier.with_options(name="fit_from_scratch")(arrays, spec, cfg.optimizer, cfg.trainer, cfg.seed, weights,
-                                                                     checkpoint_dir=scratch_checkpoint_dir)
+        from_scratch = fit_classifier.with_options(name="fit_from_scratch")
+        scratch = from_scratch(arrays, spec, cfg.optimizer, cfg.trainer, cfg.seed, weights, checkpoint_dir=scratch_checkpoint_dir)
     summary = {"labelled_rows": len(labelled), "training_rows": len(fit.arrays["train"][1]), "finetune": tuned.val_metrics}
     if scratch is not None:
         summary["scratch"] = scratch.val_metrics
@@ -105,7 +105,8 @@ def _transfer(params: Params, data: FinetuneData, plain: _Fit) -> tuple[_Fit, di
 
     cfg, start = params.finetune, data.start
     if cfg.replay_source and not replays_source(cfg):
-        print(f"finetune.replay_source: not used with init_from: {cfg.init_from} (it replays the train stage's data set beside its head)")
+        print(f"finetune.replay_source: not used with init_from: {cfg.init_from} "
+              "(it replays the train stage's data set beside its head)")
     fit, replay = (_with_replay(params, data, plain) if replays_source(cfg) else (plain, None))
     torch.manual_seed(cfg.seed)  # the new head's initial weights: seeded, or they follow the process's RNG state
     network = fit.spec.build()
@@ -117,8 +118,10 @@ def _transfer(params: Params, data: FinetuneData, plain: _Fit) -> tuple[_Fit, di
     if replay is not None:
         init_state = seed_joint_head(init_state, start.weights, replay.pop("source_rows"))
         transfer["replay"] = replay
-    transfer["schedule"] = [{"group": i, "unfreeze_at_epoch": at, "lr": lr} for i, (at, lr) in enumerate(zip(unfreeze_at, lrs))]
-    return dataclasses.replace(fit, init_state=init_state, callbacks=[TransferSchedule(unfreeze_at, lrs, cfg.batchnorm)]), transfer
+    transfer["schedule"] = [{"group": i, "unfreeze_at_epoch": at, "lr": lr}
+                            for i, (at, lr) in enumerate(zip(unfreeze_at, lrs, strict=True))]
+    callbacks = [TransferSchedule(unfreeze_at, lrs, cfg.batchnorm)]
+    return dataclasses.replace(fit, init_state=init_state, callbacks=callbacks), transfer
 
 
 def _with_replay(params: Params, data: FinetuneData, plain: _Fit) -> tuple[_Fit, dict]:

@@ -119,4 +119,5 @@ def check_transfer(report: dict, source: str) -> None:
     if not report["loaded"]:
         sample = ", ".join(report["skipped"][:3] + report["mismatched"][:3])
         raise UserError(f"finetune.init_from: {source}: no tensor matched the network by name and shape "
-                        f"(e.g. {sample}); set finetune.key_map to rename prefixes, e.g. {{\"features.\": \"backbone.features.\"}}")
+                        f"(e.g. {sample}); set finetune.key_map to rename prefixes, "
+                        "e.g. {\"features.\": \"backbone.features.\"}")

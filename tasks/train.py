@@ -31,9 +31,9 @@ from lightning_modules.classifier import LOSS_TASK, Classifier
 from lightning_modules.datamodule import ArrayDataModule
 from lightning_modules.epoch_means import Diverged
 from tasks import checkpoints
+from tasks.arrays import classes_of, input_shape, to_arrays, vocab_size, weights_for
 from tasks.config import BackboneConfig, BatchAugmentConfig, DataConfig, OptimizerConfig, Params, TrainerConfig
 from tasks.errors import UserError, diverged
-from tasks.arrays import classes_of, input_shape, to_arrays, vocab_size, weights_for
 from tasks.model_io import ModelSpec
 
 # Lightning advertises a cloud logger on every run; the stage logs are ours.
@@ -74,7 +74,8 @@ def run(params: Params, data: TrainData, on_epoch: Callable[[int, int, dict], No
     task = LOSS_TASK[cfg.loss]
     classes = classes_of(data.train, declared)
     if task == "binary" and len(classes) != 2:
-        raise UserError(f"train.loss: bce needs two classes, found {len(classes)} in column '{declared.label}'; use cross_entropy")
+        raise UserError(f"train.loss: bce needs two classes, found {len(classes)} in column '{declared.label}'; "
+                        "use cross_entropy")
     if cfg.on_the_fly is not None and declared.modality != "image":
         raise UserError(f"train.on_the_fly: batch augmentation is for images, data.modality is {declared.modality}")
     classes = [] if task == "regression" else classes

@@ -13,8 +13,16 @@ from safetensors.torch import save_file
 from lightning_modules.distill import distillation_loss
 from tasks import export
 from tasks.budgets import judge_budgets, measure
-from tasks.compress import (apply_pruning, distill_candidate, original, prune_candidate, prunable, quantize_dynamic_int8,
-                            quantize_static_int8, sparsity)
+from tasks.compress import (
+    apply_pruning,
+    distill_candidate,
+    original,
+    prunable,
+    prune_candidate,
+    quantize_dynamic_int8,
+    quantize_static_int8,
+    sparsity,
+)
 from tasks.config import BudgetConfig, DistillConfig, LatencyConfig, OnnxConfig, OptimizerConfig, PruneConfig, TrainerConfig
 from tasks.errors import UserError
 from tasks.io import save_json

@@ -8,8 +8,16 @@ import pytest
 
 from tasks.config import SliceConfig
 from tasks.errors import UserError
-from tasks.evaluate import (classification_metrics, headline, pr_curve, regression_metrics, reliability, evaluation_markdown,
-                            roc_curve, slice_metrics)
+from tasks.evaluate import (
+    classification_metrics,
+    evaluation_markdown,
+    headline,
+    pr_curve,
+    regression_metrics,
+    reliability,
+    roc_curve,
+    slice_metrics,
+)
 from tasks.figures import curves_png, reliability_png
 
 

@@ -14,7 +14,16 @@ from safetensors.torch import save_file
 from lightning_modules.transfer import TransferSchedule, group_prefixes, layer_groups
 from tasks.config import AugmentConfig, DataConfig, FinetuneConfig, OptimizerConfig, TrainerConfig
 from tasks.errors import UserError
-from tasks.finetune import augment_labels, balanced_weights, few_labels, keep_classes, replay_rows, schedule, seed_joint_head, with_replay
+from tasks.finetune import (
+    augment_labels,
+    balanced_weights,
+    few_labels,
+    keep_classes,
+    replay_rows,
+    schedule,
+    seed_joint_head,
+    with_replay,
+)
 from tasks.init_from import check_transfer, map_keys, read_weights_file
 from tasks.model_io import ModelSpec
 from tasks.train import fit_classifier, transfer_state

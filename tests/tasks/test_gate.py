@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from safetensors.torch import save_file
 import torch
+from safetensors.torch import save_file
 
 from tasks.config import GateConfig
 from tasks.errors import UserError
