@@ -40,7 +40,9 @@ VARIANTS = {  # name -> changes to params.repair (one repair undone or swapped a
 def _with(params: Params, change: dict) -> Params:
     repair = params.repair.model_dump(mode="json")
     for key, value in change.items():
-        repair[key] = {**repair[key], **value} if isinstance(value, dict) else value
+        # Another outlier method brings its own keys: a threshold left from iqr would do nothing (and is refused).
+        merge = isinstance(value, dict) and key != "outliers"
+        repair[key] = {**repair[key], **value} if merge else value
     return params.model_copy(update={"repair": type(params.repair).model_validate(repair)})
 
 

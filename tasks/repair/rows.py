@@ -1,6 +1,7 @@
 """Whole-row repairs: duplicates, conflicting labels and constant (blank) rows.
 
-Stateless: nothing is fitted, each split is judged on its own rows. Rows are compared through a
+Stateless: nothing is fitted, each split is judged on its own rows. Only train loses rows: in val
+and test they are counted, never dropped, so every row a split holds is scored. Rows are compared through a
 64-bit hash of their features (pandas' vectorised hash), so a million rows cost one pass.
 - duplicate: same features and same label as an earlier row; `drop` keeps the first.
 - conflict: same features, different labels; no row of the group can be trusted, `drop` drops all.
@@ -20,6 +21,9 @@ from tasks.repair import ledger as L
 
 def filter_rows(frame: pd.DataFrame, features: list[str], cfg: RepairConfig, data: DataConfig,
                 split: str) -> tuple[pd.DataFrame, list[pa.Table], dict[str, int]]:
+    if split != "train":  # val/test are what the model is scored on: every row stays, the counts are reported
+        cfg = cfg.model_copy(update={"duplicates": _report(cfg.duplicates), "conflicts": _report(cfg.conflicts),
+                                     "drop_constant_rows": False})
     parts, found, drop = [], {}, np.zeros(len(frame), bool)
     ids = frame[data.id].to_numpy()
     if cfg.duplicates != "keep" or cfg.conflicts != "keep":
@@ -46,3 +50,7 @@ def filter_rows(frame: pd.DataFrame, features: list[str], cfg: RepairConfig, dat
             parts.append(L.rows(split, ids[constant], "constant row: drop"))
             drop |= constant
     return (frame[~drop] if drop.any() else frame), parts, found
+
+
+def _report(policy: str) -> str:
+    return "report" if policy == "drop" else policy

@@ -121,6 +121,23 @@ def test_duplicates_conflicts_and_blank_rows_are_dropped_into_the_ledger():
     assert len(unaccounted(train["id"], repaired["id"].iloc[1:], [], ledger)) == 1  # and the check can fail
 
 
+def test_val_and_test_rows_are_never_dropped_only_counted():
+    """Every val/test row is scored: whole-row repairs and outlier drops touch train only."""
+    train = make(100, 0, 0.0).drop(columns="city")
+    conflict = train.iloc[[6]].assign(id=501, label=1 - train.loc[6, "label"])
+    test = pd.concat([train.iloc[:30], train.iloc[[5]].assign(id=500), conflict], ignore_index=True)
+    test.loc[10, ["a", "b", "c"]] = 0.0
+    test.loc[12, "c"] = 1e6
+    cfg = RepairConfig(outliers=OutlierConfig(method="zscore", threshold=3.0, action="drop"))
+    repairer = Repairer(cfg, DATA)
+    repairer.fit_transform(train)
+    repaired, ledger, findings = repairer.transform_with_findings(test, "test")
+    assert sorted(repaired["id"]) == sorted(test["id"])
+    assert findings["duplicate_rows"] == 1 and findings["conflicting_rows"] == 2
+    assert repaired.loc[repaired["id"] == test.loc[12, "id"], "c"].item() < 1e6  # clipped, not dropped
+    assert not ledger["rule"].astype(str).str.endswith("drop").any()
+
+
 @pytest.mark.parametrize("how", ["oversample", "undersample", "smote", "smotenc"])
 def test_rebalance_equalises_classes_on_train_with_fresh_ids(frames, how):
     train, _ = frames
