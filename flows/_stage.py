@@ -13,10 +13,9 @@ import functools
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 from tasks.config import ConfigError, Params, load_params
 from tasks.errors import UserError
@@ -110,8 +109,9 @@ def refuse_absent_hardware(params: Params, source: str = "params.yaml") -> None:
 def run_flow(flow, *args, **kwargs) -> int:
     """Run `flow` against this project's Prefect server (kept alive while it runs); 0 when it
     completes, else its message on one line and 1. Every `python -m flows.*` entry point ends here."""
-    from flows import _server
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import _server
 
     with _server.in_use(), temporary_settings(updates={PREFECT_API_URL: _server.ensure_api_url()}):
         state = flow(*args, return_state=True, **kwargs)

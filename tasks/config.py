@@ -776,7 +776,7 @@ def describe_error(error: ValidationError, source: str) -> str:
         return f"{source}: {key}: required key is missing"
     message = first["msg"].removeprefix("Value error, ")
     message = message[0].lower() + message[1:]
-    if isinstance(given, (dict, list)):  # a check across a whole block: its keys, not its contents
+    if first["type"] == "value_error" and isinstance(given, dict):  # a check across a block: not its contents
         return f"{source}: {key}: {message}"
     return f"{source}: {key}: got {given!r}; {message}"
 

@@ -7,7 +7,7 @@ import importlib.util
 import re
 import sys
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import pytest
 from pydantic import BaseModel, Field
@@ -126,7 +126,7 @@ class _Plane(BaseModel):
 
 
 class _Trip(BaseModel):
-    vehicle: Union[_Ship, _Plane] = Field(_Ship(), discriminator="kind", description="How to travel.")
+    vehicle: _Ship | _Plane = Field(_Ship(), discriminator="kind", description="How to travel.")
     spare: _Ship | None = Field(None, description="A spare boat.")
     stops: list[_Plane] = Field(default_factory=list, description="Planes on the way.")
     note: Literal["a", "b"] | float = Field("a", description="A choice or a number.")
