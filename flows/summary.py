@@ -41,8 +41,11 @@ def _stage_lines(reports: Path, params: dict | None) -> list[tuple[str, str]]:
     if validate := _load(reports / "validate" / "metrics.json"):
         rows = sum(v["rows"] for v in validate.values())
         bad = sum(v["quarantined"] for v in validate.values())
+        leaked = (_load(reports / "validate" / "report.json") or {}).get("leakage") or {}
+        leak = sum(found["rows"] for found in leaked.values())
         lines.append(("validate", f"{rows} rows checked, {bad} quarantined"
-                                  + (" (why: reports/validate/report.md)" if bad else "")))
+                                  + (f", {leak} val/test rows also in train (leakage)" if leak else "")
+                                  + (" (why: reports/validate/report.md)" if bad or leak else "")))
     if repair := _load(reports / "repair" / "summary.json"):
         splits = [s for dataset in repair.values() for s in dataset.values()]
         cells = sum(sum(s.get("changes", {}).values()) for s in splits)

@@ -20,8 +20,8 @@ import pandera.pandas as pa
 from pandas.api.types import is_object_dtype
 from prefect import task
 
-from tasks.config import DataConfig, SchemaConfig, ValidateConfig
-from tasks.frames import feature_columns
+from tasks.config import DataConfig, Params, SchemaConfig, ValidateConfig
+from tasks.frames import SPLITS, feature_columns
 from tasks.schemas import NUMERIC, validated_schema
 
 REASON = "_reason"
@@ -109,6 +109,67 @@ def _text_in_numbers(frame: pd.DataFrame, features: list[str], spec: SchemaConfi
         numbers[column] = parsed
     found = pd.DataFrame(cells) if cells else _NO_CELLS
     return (frame.assign(**numbers) if numbers else frame), found
+
+
+@dataclass
+class Validation:
+    """What the validate stage writes: per '<dataset>/<split>', the valid rows, the quarantine and
+    the report; the quarantined rows for the UI table; the rows of val/test that train holds too;
+    and the one-line reason the stage must stop, if any."""
+
+    valid: dict[str, pd.DataFrame]
+    quarantine: dict[str, pd.DataFrame]
+    reports: dict[str, SplitReport]
+    quarantined: list[dict]
+    leakage: dict[str, dict]
+    problem: str | None
+
+
+def run(params: Params, raw: dict[str, dict[str, pd.DataFrame]]) -> Validation:
+    """`raw`: each data set's raw splits. Train is validated first: its categories are what val and
+    test may hold, and its classes (unless ingest.datasets declares them) what a label may be."""
+    data, cfg = params.data, params.validate_
+    out = Validation({}, {}, {}, [], {}, None)
+    class_counts = {}
+    for name, frames in raw.items():
+        declared = params.ingest.datasets.get(name)
+        labels = frames["train"][data.label] if data.label in frames["train"] else pd.Series([])
+        seen = labels[labels.notna() & ~labels.isin([np.inf, -np.inf])].unique()  # inf is no class: quarantined
+        classes = list(declared) if declared else sorted(seen.tolist())
+        known = None
+        for split in SPLITS:
+            where = f"{name}/{split}"
+            checked = validate_split.fn(frames[split], data, classes, cfg, known)
+            out.valid[where], out.quarantine[where], out.reports[where] = checked
+            if split == "train":
+                known = categories_seen(out.valid[where], cfg.schema_)
+            quarantine = out.quarantine[where]
+            out.quarantined += [{"split": where, "id": str(i), "reason": r}
+                                for i, r in zip(quarantine.get(data.id, []), quarantine.get(REASON, []), strict=True)]
+        class_counts[f"{name}/train"] = len(out.reports[f"{name}/train"].class_counts) or len(classes)
+        out.leakage.update(leakage({s: out.valid[f"{name}/{s}"] for s in SPLITS}, data, name))
+    out.problem = verdict(out.reports, cfg, class_counts, data.label)
+    return out
+
+
+def leakage(valid: dict[str, pd.DataFrame], data: DataConfig, name: str, examples: int = 10) -> dict[str, dict]:
+    """Rows of val and test whose features equal a train row's: a model may have memorised their
+    answer, so their score says less. Counted and named, never removed (the split is the split)."""
+    train = valid["train"]
+    features = feature_columns(train, data)
+    if not len(train) or not features:
+        return {}
+    seen = set(pd.util.hash_pandas_object(train[features], index=False).to_numpy().tolist())
+    found = {}
+    for split in ("val", "test"):
+        frame = valid[split]
+        if not len(frame) or any(c not in frame.columns for c in features):
+            continue
+        hit = pd.util.hash_pandas_object(frame[features], index=False).isin(seen).to_numpy()
+        if hit.any():
+            found[f"{name}/{split}"] = {"rows": int(hit.sum()), "of": len(frame),
+                                        "ids": [_plain(i) for i in frame.loc[hit, data.id].head(examples)]}
+    return found
 
 
 def categories_seen(train: pd.DataFrame, spec: SchemaConfig) -> dict[str, list]:
@@ -274,7 +335,7 @@ def verdict(reports: dict[str, SplitReport], cfg: ValidateConfig, label_counts: 
     return None
 
 
-def report_markdown(reports: dict[str, SplitReport]) -> str:
+def report_markdown(reports: dict[str, SplitReport], leaked: dict[str, dict] | None = None) -> str:
     lines = ["# Validation report", "", "| split | rows | valid | quarantined | invalid | classes (valid rows) |",
              "|---|---:|---:|---:|---:|---|"]
     for where, r in reports.items():
@@ -290,4 +351,7 @@ def report_markdown(reports: dict[str, SplitReport]) -> str:
         for title, counts in notes:
             if counts:
                 lines += ["", f"{where}, {title}: " + ", ".join(f"{k} {v}" for k, v in counts.items())]
+    for where, found in (leaked or {}).items():
+        lines += ["", f"{where}, leakage: {found['rows']} of {found['of']} rows have the features of a train row "
+                      f"(ids {', '.join(map(str, found['ids']))}{', ...' if found['rows'] > len(found['ids']) else ''})"]
     return "\n".join(lines) + "\n"

@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.config import ValidateConfig
+from tasks.config import DataConfig, SchemaConfig, ValidateConfig
 from tasks.ingest import read_source
-from tasks.validate import REASON, validate_split, verdict
+from tasks.validate import REASON, categories_seen, leakage, report_markdown, run, validate_split, verdict
 
 
 def _frame(params):
@@ -44,8 +44,6 @@ def test_verdict_fails_past_threshold_naming_worst_column(params):
 
 
 # ---------------------------------------------------------------------------- tabular, declared schema
-from tasks.config import DataConfig, SchemaConfig  # noqa: E402
-from tasks.validate import categories_seen, report_markdown  # noqa: E402
 
 TABLE = DataConfig(modality="tabular", image_shape=None)
 SPEC = SchemaConfig(missing_values=[-999], columns={
@@ -125,3 +123,23 @@ def test_image_shape_and_blank_duplicate_images_are_reported(params):
     frame.loc[1, [f"px_{i:04d}" for i in range(64)]] = frame.loc[2, [f"px_{i:04d}" for i in range(64)]].to_numpy()
     _, _, report = validate_split.fn(frame, params.data, list(range(10)))
     assert report.images == {"blank_or_constant": 1, "duplicate_images": 1}
+
+
+def test_rows_of_val_and_test_that_train_holds_are_named_as_leakage(params):
+    data = DataConfig(modality="tabular", image_shape=None)
+    train = pd.DataFrame({"id": [0, 1, 2, 3], "x": [1.0, 2.0, 3.0, 4.0], "label": [0, 1, 0, 1]})
+    test = pd.DataFrame({"id": [10, 11, 12], "x": [2.0, 9.0, 4.0], "label": [1, 0, 0]})
+    found = leakage({"train": train, "val": test.iloc[:0], "test": test}, data, "source")
+    assert found == {"source/test": {"rows": 2, "of": 3, "ids": [10, 12]}}
+    assert leakage({"train": train, "val": test.iloc[:0], "test": test.iloc[[1]]}, data, "source") == {}
+
+
+def test_run_validates_every_split_and_reports_leakage(params):
+    params = params.model_copy(update={"data": DataConfig(modality="tabular", image_shape=None),
+                                       "ingest": params.ingest.model_copy(update={"datasets": {}}),
+                                       "validate_": params.validate_.model_copy(update={"min_rows": 3})})
+    rows = pd.DataFrame({"id": range(30), "x": [float(i % 7) for i in range(30)], "label": [i % 2 for i in range(30)]})
+    raw = {"source": {"train": rows.iloc[:20], "val": rows.iloc[20:25], "test": rows.iloc[25:]}}
+    result = run(params, raw)
+    assert set(result.valid) == {"source/train", "source/val", "source/test"} and result.problem is None
+    assert result.leakage["source/test"]["rows"] == 5  # x repeats every 7 rows: train holds every value
