@@ -18,8 +18,9 @@ import pandas as pd
 import torch
 from prefect import task
 
-from tasks.config import AugmentConfig, DataConfig
+from tasks.config import AugmentConfig, DataConfig, Params
 from tasks.frames import array_to_pixels, feature_columns, features_array
+from tasks.schemas import augmented_schema
 
 SYNTHETIC = -1  # augmented_from of a SMOTE row
 
@@ -111,3 +112,14 @@ def augment_train(train: pd.DataFrame, cfg: AugmentConfig, data: DataConfig) -> 
         synthetic["augmented_from"] = pd.array([SYNTHETIC] * len(synthetic), dtype="Int64")
         copies.append(synthetic[train.columns.tolist() + ["augmented_from"]].astype(train.dtypes.to_dict()))
     return pd.concat([original, *copies], ignore_index=True)
+
+
+def run(params: Params, repaired_train: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The augment stage: each data set's repaired train split with its augmented rows, checked
+    against the Augmented schema (val and test are never augmented)."""
+    out = {}
+    for name, train in repaired_train.items():
+        augmented = augment_train.fn(train, params.augment, params.data)
+        schema = augmented_schema(params.data, feature_columns(train, params.data), sorted(train[params.data.label].unique()))
+        out[name] = schema.validate(augmented)
+    return out
