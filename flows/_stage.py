@@ -97,11 +97,11 @@ def refuse_absent_hardware(params: Params, source: str = "params.yaml") -> None:
              or cfg.num_nodes > 1}
     if not asked:
         return
-    from tasks.train import plan
+    from tasks.train import hardware_plan
 
     for key, cfg in asked.items():
         try:
-            plan(cfg, key)
+            hardware_plan(cfg, key)
         except UserError as e:
             raise ConfigError(f"{source}: {e}") from None
 

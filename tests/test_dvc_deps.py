@@ -39,7 +39,7 @@ NOT_DEPS = {
     "flows/_server.py",
 }
 NOT_DEP_EDGES = {
-    # refuse_absent_hardware() calls tasks.train.plan() only to refuse an accelerator this machine
+    # refuse_absent_hardware() calls tasks.train.hardware_plan() only to refuse an accelerator this machine
     # lacks, before the flow starts; its result is discarded. A stage that trains imports
     # tasks/train.py itself (and so lists it); the others must not rerun when it changes.
     ("flows/_stage.py", "tasks/train.py"),
