@@ -1,0 +1,237 @@
+"""`trainflow init`'s inference: a table in, the declaration of a project for it out.
+
+Pure: a frame and what the user named (the file, the label column) in; the text of a params.yaml
+and of a dvc.yaml out (flows/cli.py reads the data and writes the files). Every inferred choice
+carries a comment saying what in the data led to it, so the user can judge and edit it:
+- per column: dtype, nullable, the observed range widened by a margin, the categories, and values
+  that look like sentinels (one repeated value far outside the rest, such as 99999999 or -999);
+- repairs: missing values -> median imputation with indicators, long tails -> IQR clipping,
+  class imbalance -> class weights, categories -> one-hot, numbers -> robust scaling;
+- a model that suits a table of this size: an MLP, trained with early stopping.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.errors import UserError
+
+MAX_CATEGORIES = 50  # more distinct text values than this (and than 5% of rows): free text, left out
+MARGIN = 0.1  # the declared range: the observed one widened by this share of its width on each side
+SENTINELS = (-9, -99, -999, -9999, 999, 9999, 99999, 999999, 9999999, 99999999)
+STAGES = ("ingest", "validate", "repair", "augment", "train", "evaluate")
+
+
+@dataclass
+class Declaration:
+    params: str  # params.yaml, with comments
+    dvc: str  # dvc.yaml
+    summary: list[str]  # what init tells the user, one line each
+
+
+def declare(frame: pd.DataFrame, source: Path, label: str, kind: str) -> Declaration:
+    """The project for a table read from `source` (a csv or parquet file) with `label` as the target."""
+    if label not in frame.columns:
+        raise UserError(f"{source}: no column '{label}' (--label); columns are {list(map(str, frame.columns))[:12]}")
+    labels = frame[label].dropna()
+    if labels.nunique() < 2:
+        raise UserError(f"{source}: label column '{label}' has {labels.nunique()} class(es); a classifier needs 2 or more")
+    if pd.api.types.is_float_dtype(labels) and not (labels == labels.round()).all():
+        raise UserError(f"{source}: label column '{label}' holds continuous numbers: trainflow trains classifiers; "
+                        f"bin the values into classes")
+    id_column = _id_column(frame, label)
+    columns, notes, dropped = {}, {}, []
+    for name in frame.columns:
+        if name in (label, id_column):
+            continue
+        declared, note = _column(frame[name], len(frame))
+        if declared is None:
+            dropped.append(name)
+        else:
+            columns[str(name)], notes[str(name)] = declared, note
+    if not columns:
+        raise UserError(f"{source}: no usable feature column besides the label (and id)")
+    if dropped:
+        raise UserError(f"{source}: column(s) {dropped[:5]} hold free text (more than {MAX_CATEGORIES} distinct values); "
+                        f"drop them from the file or encode them first")
+    params = _params_text(frame, source, label, id_column, kind, columns, notes)
+    counts = labels.value_counts()
+    summary = [f"{len(frame)} rows, {len(columns)} features, label '{label}' with {len(counts)} classes",
+               f"id column: {id_column}" if id_column else "no id column: rows are numbered from 0"]
+    return Declaration(params, dvc_yaml(source, kind), summary)
+
+
+def _id_column(frame: pd.DataFrame, label: str) -> str | None:
+    """The first column named like an id whose values are unique and present on every row."""
+    for name in frame.columns:
+        if name == label:
+            continue
+        lowered = str(name).lower()
+        if lowered in ("id", "rownames", "row_id", "index") or lowered.endswith("_id"):
+            if frame[name].notna().all() and frame[name].is_unique:
+                return str(name)
+    return None
+
+
+def _column(series: pd.Series, rows: int) -> tuple[dict | None, str]:
+    present = series.dropna()
+    missing = len(series) - len(present)
+    notes = [f"{missing} missing ({missing / rows:.1%})"] if missing else []
+    if pd.api.types.is_bool_dtype(present):
+        return {"dtype": "category"}, "; ".join(["true/false", *notes])
+    if pd.api.types.is_numeric_dtype(present) and len(present):
+        declared, note = _numeric(present)
+        return declared, "; ".join([note, *notes])
+    categories = present.astype("str").value_counts()
+    if len(categories) > max(MAX_CATEGORIES, 0.05 * rows):
+        return None, ""
+    shown = ", ".join(f"{k} {v}" for k, v in categories.head(4).items()) + (", ..." if len(categories) > 4 else "")
+    return {"dtype": "category"}, "; ".join([f"{len(categories)} categories: {shown}", *notes])
+
+
+def _numeric(present: pd.Series) -> tuple[dict, str]:
+    values = present.to_numpy(dtype=float)
+    integral = bool(np.all(values == np.round(values)))
+    sentinel = _sentinel(values)
+    real = values[values != sentinel] if sentinel is not None else values
+    low, high = float(real.min()), float(real.max())
+    width = high - low or abs(high) or 1.0
+    ge, le = low - MARGIN * width, high + MARGIN * width
+    if low >= 0:
+        ge = max(ge, 0.0)  # never negative: a count or an amount stays so
+    declared = {"dtype": "int" if integral else "float", "ge": _round(ge, integral, math.floor),
+                "le": _round(le, integral, math.ceil)}
+    note = f"{_fmt(low)} .. {_fmt(high)} seen"
+    if sentinel is not None:
+        declared["missing_values"] = [int(sentinel)]  # the codes are whole numbers
+        note += f"; {_fmt(sentinel)} looks like a sentinel for missing ({int((values == sentinel).sum())} rows)"
+    return declared, note
+
+
+def _sentinel(values: np.ndarray) -> float | None:
+    """A sentinel-looking code: repeated, far outside the range of every other value."""
+    for code in SENTINELS:
+        hit = values == code
+        if hit.sum() >= 2 and hit.mean() < 0.5:
+            rest = values[~hit]
+            spread = rest.max() - rest.min() or 1.0
+            if code > rest.max() + 3 * spread or code < rest.min() - 3 * spread:
+                return float(code)
+    return None
+
+
+def _round(value: float, integral: bool, how) -> int | float:
+    return int(how(value)) if integral else float(f"{value:.4g}")
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.6g}"
+
+
+def _params_text(frame: pd.DataFrame, source: Path, label: str, id_column: str | None, kind: str,
+                 columns: dict, notes: dict) -> str:
+    counts = frame[label].value_counts()
+    numeric = [c for c, d in columns.items() if d["dtype"] in ("int", "float")]
+    categorical = [c for c, d in columns.items() if d["dtype"] == "category"]
+    missing = {c: int(frame[c].isna().sum()) for c in columns if frame[c].isna().any()}
+    skewed = {c: float(frame[c].skew()) for c in numeric if abs(float(frame[c].skew() or 0.0)) > 2}
+    ratio = counts.max() / counts.min()
+    rows = len(frame)
+    lines = [
+        f"# Made by `trainflow init` from {source.name}: {rows} rows, {len(columns)} features, label '{label}'.",
+        "# Each inferred choice says what in the data led to it: edit any of them. Every key: trainflow's docs/params.md.",
+        "",
+        "data:",
+        "  modality: tabular",
+        f"  label: {_yaml(label)}{_comment(', '.join(f'{k} {v}' for k, v in counts.head(6).items()))}",
+        f"  id: {_yaml(id_column or 'id')}"
+        + ("  # unique on every row" if id_column else "  # none in the file: rows are numbered from 0"),
+        "  image_shape: null",
+        "",
+        "ingest:",
+        f"  source: {{kind: {kind}, path: {_yaml(str(source))}}}",
+        "  split: {val: 0.15, test: 0.2, seed: 42}",
+        "  datasets: {}",
+        "",
+        "validate:",
+        "  max_invalid_fraction: 0.05",
+        "  schema:",
+        "    extra_columns: forbid    # a column that appears later is an error, not a silent new feature",
+        "    columns:",
+    ]
+    width = max(len(c) for c in columns) + 2
+    for name, declared in columns.items():
+        body = ", ".join(f"{k}: {_yaml(v)}" for k, v in declared.items())
+        lines.append(f"      {_yaml(name) + ':':<{width}} {{{body}}}{_comment(notes[name])}")
+    lines += ["", "repair:"]
+    lines.append("  missing: {strategy: median, indicators: true}" + _comment(
+        f"{len(missing)} column(s) with missing values: " + ", ".join(f"{c} {n}" for c, n in list(missing.items())[:4]))
+        if missing else "  missing: {strategy: median}  # no missing value seen")
+    lines.append("  outliers: {method: iqr, action: clip, threshold: 3.0}" + _comment(
+        "long tails: " + ", ".join(f"{c} skew {s:.1f}" for c, s in list(skewed.items())[:4]))
+        if skewed else "  outliers: {method: none}  # no long tail seen")
+    lines.append(f"  encode: onehot{_comment(f'{len(categorical)} categorical column(s)')}" if categorical
+                 else "  encode: none")
+    lines.append("  scale: robust             # median/IQR from train: an MLP learns best from comparable ranges")
+    lines.append(f"  imbalance: class_weight{_comment(f'largest class {ratio:.1f}x the smallest')}" if ratio > 1.5
+                 else f"  imbalance: none{_comment(f'classes within {ratio:.1f}x of each other')}")
+    epochs = 60 if rows < 2000 else 40 if rows < 20000 else 20
+    batch = 64 if rows < 2000 else 256
+    lines += [
+        "",
+        "augment:",
+        "  copies: 0                  # tables: no synthetic rows",
+        "  noise_std: 0.0",
+        "",
+        "train:",
+        "  dataset: source",
+        "  seed: 42",
+        "  backbone: {kind: mlp, widths: [64, 64], hidden: 64, dropout: 0.2}  # a table: two hidden layers of 64",
+        "  optimizer: {name: adam, lr: 0.003, weight_decay: 0.0001}",
+        f"  trainer: {{max_epochs: {epochs}, batch_size: {batch}, early_stopping_patience: 10, restore_best: true}}"
+        f"  # {rows} rows",
+        "",
+        "evaluate:",
+        "  model: train",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _comment(text: str) -> str:
+    return f"  # {text}" if text else ""
+
+
+def _yaml(value) -> str:
+    """A scalar as YAML flow text: plain when safe, else quoted."""
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return text.removesuffix("\n...").strip()
+
+
+def dvc_yaml(source: Path, kind: str) -> str:
+    """The stages a table project needs, running the installed trainflow: no path into its source."""
+    deps = {"ingest": [str(source)], "validate": ["data/raw"], "repair": ["data/validated"], "augment": ["data/repaired"],
+            "train": ["data/augmented", "data/repaired"], "evaluate": ["models/train", "data/repaired"]}
+    params = {"ingest": "[data, ingest]", "validate": "[data, ingest.datasets, validate]",
+              "repair": "[data, validate.schema, repair]", "augment": "[data, augment]",
+              "train": "[data, repair.imbalance, train]", "evaluate": "[data, evaluate]"}
+    outs = {"ingest": "[data/raw]", "validate": "[data/validated, {reports/validate/report.md: {cache: false}}]",
+            "repair": "[data/repaired, {reports/repair/summary.md: {cache: false}}]", "augment": "[data/augmented]",
+            "train": "[models/train]", "evaluate": "[{reports/evaluate/report.md: {cache: false}}]"}
+    metrics = {"ingest": "reports/ingest.json", "validate": "reports/validate/metrics.json",
+               "repair": "reports/repair/summary.json", "augment": "reports/augment.json",
+               "train": "reports/train/train_metrics.json", "evaluate": "reports/evaluate/metrics.json"}
+    lines = ["# Made by `trainflow init`: the stages run the installed trainflow (`python3 -m flows.<stage>`).",
+             "# `dvc repro` builds them; each reads its part of params.yaml.", "stages:"]
+    for stage in STAGES:
+        lines += [f"  {stage}:", f"    cmd: python3 -m flows.{stage}", f"    deps: [{', '.join(map(_yaml, deps[stage]))}]",
+                  f"    params: {params[stage]}", f"    outs: {outs[stage]}",
+                  f"    metrics: [{{{metrics[stage]}: {{cache: false}}}}]", ""]
+    return "\n".join(lines)
