@@ -2,9 +2,10 @@
 
 Pure: a network, arrays and typed config in; candidates and their measurements out. Methods:
 dynamic int8 (torch.ao, Linear/LSTM; conv weights int8 weight-only), static int8 (torch.ao FX:
-conv-bn-relu fused, activations calibrated), L1 magnitude pruning (global or per layer, weights or whole channels; masked fine-tune,
-then the zeros made permanent) and knowledge distillation into a smaller declared backbone.
-Training goes through Lightning (the `Classifier` and `Distiller` modules). `run` is the stage:
+conv-bn-relu fused, activations calibrated), L1 magnitude pruning (global or per layer, weights or whole
+channels; masked fine-tune, then the zeros made permanent) and knowledge distillation into a smaller
+declared backbone. Training goes through train's one path (tasks/train.fit) with the `Classifier` and
+`Distiller` modules. `run` is the stage:
 candidates made, measured and judged (tasks/budgets.py), the pick exported to ONNX (tasks/export.py)
 and described in a model card. flows/compress.py reads the inputs and writes what `run` returns.
 """
@@ -12,34 +13,28 @@ and described in a model card. flows/compress.py reads the inputs and writes wha
 from __future__ import annotations
 
 import copy
-import signal
-import warnings
 from dataclasses import dataclass, field
 
 import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from prefect import task
 from torch import nn
 from torch.nn.utils import prune
 
 from lightning_modules.backbones import Network
-from lightning_modules.callbacks import EpochHistory
 from lightning_modules.classifier import Classifier
-from lightning_modules.datamodule import ArrayDataModule
 from lightning_modules.distill import UNLABELLED, Distiller
-from lightning_modules.epoch_means import Diverged
 from tasks.arrays import to_arrays
 from tasks.budgets import judge_budgets, measure
 from tasks.config import DistillConfig, OptimizerConfig, Params, PruneConfig, TrainerConfig
-from tasks.errors import UserError, diverged
+from tasks.errors import UserError
 from tasks.export import encode_state, export_onnx, quantize_like, torch_logits
 from tasks.finetune import augment_labels
 from tasks.model_card import model_card
 from tasks.model_io import ModelSpec
-from tasks.train import backbone_spec
+from tasks.train import backbone_spec, fit
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
@@ -179,7 +174,8 @@ def quantize_static_int8(network: Network, spec: ModelSpec, calibration: np.ndar
     """FX graph mode: conv-bn-relu fused, weights int8 per channel, activation ranges observed on
     `calibration` rows. Raises NotImplementedError where the quantized engine is missing."""
     if engine not in torch.backends.quantized.supported_engines:
-        raise NotImplementedError(f"quantized engine {engine!r} not in this torch build ({torch.backends.quantized.supported_engines})")
+        raise NotImplementedError(f"quantized engine {engine!r} not in this torch build "
+                                  f"({torch.backends.quantized.supported_engines})")
     recipe = {"method": "static_int8", "quantization": {"kind": "static", "engine": engine, "calibration_rows": len(calibration)}}
     return Candidate("static_int8", quantize_like(network, recipe["quantization"], calibration), network, spec, recipe)
 
@@ -231,8 +227,8 @@ def prune_candidate(network: Network, spec: ModelSpec, cfg: PruneConfig, arrays:
     layers = apply_pruning(module, cfg)
     history = []
     if cfg.finetune_epochs:
-        history = lightning_fit(module, {**arrays, "train": train},
-                                trainer_cfg.model_copy(update={"max_epochs": cfg.finetune_epochs}), seed)
+        epochs = trainer_cfg.model_copy(update={"max_epochs": cfg.finetune_epochs})
+        history = _fit(module, {**arrays, "train": train}, epochs, seed)
     for layer, name in layers:
         prune.remove(layer, name)  # weight_orig * mask becomes the plain weight: the zeros are permanent
     pruned = spec.build()
@@ -257,32 +253,18 @@ def distill_candidate(teacher: Network, spec: ModelSpec, cfg: DistillConfig, arr
     x, y = arrays["train"]
     # The teacher's logits once, beside the labels: no teacher forward pass in every step.
     targets = np.concatenate([y[:, None].astype(np.float32), torch_logits(teacher, x)], axis=1)
-    history = lightning_fit(module, {**arrays, "train": (x, targets)}, cfg.trainer, seed)
+    history = _fit(module, {**arrays, "train": (x, targets)}, cfg.trainer, seed)
     student.load_state_dict(module.cpu().student_state())
     recipe = {"method": "distill", "distill": cfg.model_dump(mode="json"),
               "train_rows": int(len(arrays["train"][1])), "labelled_rows": int((arrays["train"][1] >= 0).sum())}
     return Candidate("distill", student.eval(), student, student_spec, recipe, history)
 
 
-def lightning_fit(module: pl.LightningModule, arrays: dict, cfg: TrainerConfig, seed: int) -> list[dict]:
-    """The trainer settings of tasks/train.fit_classifier, for a module built here (masks, a teacher)."""
-    torch.set_num_threads(cfg.num_threads)
-    history = EpochHistory()
-    module.train()  # Lightning keeps the modes it is given; copies of an evaluated network arrive in eval
-    trainer = pl.Trainer(
-        accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision, max_epochs=cfg.max_epochs,
-        gradient_clip_val=cfg.gradient_clip_val, fast_dev_run=cfg.fast_dev_run,
-        # None rather than 1.0: an explicit 1.0 makes Lightning print a line about it (as in tasks/train.py).
-        limit_train_batches=None if cfg.limit_train_batches == 1.0 else cfg.limit_train_batches,
-        deterministic=True, logger=False, enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=False, num_sanity_val_steps=0, callbacks=[history],
-    )
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*treespec.*")  # Lightning 2.6 on torch 2.13, harmless
-            trainer.fit(module, datamodule=ArrayDataModule(arrays, cfg.batch_size, seed))
-    except Diverged as e:
-        raise diverged(str(e)) from None  # the stage's one line, naming the params to change
-    except SIGTERMException:  # Lightning stops at a batch's end and exits 0: a stopped run must not pass for done
-        raise SystemExit(128 + signal.SIGTERM) from None
-    return history.rows
+def _fit(module: pl.LightningModule, arrays: dict, cfg: TrainerConfig, seed: int) -> list[dict]:
+    """A candidate's fit through train's one training path (tasks/train.fit): the same trainer, callbacks,
+    per-epoch reseed, divergence line and SIGTERM exit; the history comes back.
+
+    No dvclive logger and no resume: a candidate fit is a few epochs that compress reruns whole, its curves
+    are no DVC output of this stage (candidates.json is its record) and several candidates would write over
+    each other's live/ folder. Checkpoints only in a throwaway folder, when restore_best or ddp_spawn needs one."""
+    return fit(module, arrays, cfg, seed).history

@@ -40,7 +40,7 @@ from tasks.model_io import ModelSpec
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
 
 __all__ = ["TrainData", "TrainedModel", "run", "FitResult", "Plan", "hardware_plan", "preflight", "to_arrays", "transfer_state",
-           "fit_classifier", "backbone_spec", "input_shape", "vocab_size", "LOSS_TASK"]
+           "fit_classifier", "fit", "backbone_spec", "input_shape", "vocab_size", "LOSS_TASK"]
 
 
 @dataclass
@@ -109,7 +109,8 @@ def hardware_plan(cfg: TrainerConfig, where: str = "trainer") -> Plan:
         from lightning.fabric.accelerators import XLAAccelerator
 
         if not XLAAccelerator.is_available():
-            raise UserError(f"{where}.accelerator: asked for tpu, found none (torch_xla not installed or no TPU); set accelerator: auto or cpu")
+            raise UserError(f"{where}.accelerator: asked for tpu, found none (torch_xla not installed or no TPU); "
+                            "set accelerator: auto or cpu")
     if cfg.accelerator == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"{where}.accelerator: asked for mps, found none (not an Apple GPU); set accelerator: auto or cpu")
     device = "gpu" if cfg.accelerator in ("gpu", "auto") and cuda else cfg.accelerator if cfg.accelerator != "auto" else "cpu"
@@ -128,17 +129,16 @@ def hardware_plan(cfg: TrainerConfig, where: str = "trainer") -> Plan:
         # Lightning's ddp re-runs the command for every extra rank: inside a stage that is a whole second
         # flow run. ddp_spawn starts the ranks from this process instead.
         strategy = "ddp_spawn" if processes > 1 else "auto"
-    plan_text = f"{strategy} over {processes} {'process' if device == 'cpu' else device}(es)" if processes > 1 else f"one {device}"
-    line = f"preflight: asked {asked}; found {found}, {os.cpu_count()} CPU core(s); will train on {plan_text} with {cfg.precision}"
+    unit = "process" if device == "cpu" else device
+    plan_text = f"{strategy} over {processes} {unit}(es)" if processes > 1 else f"one {device}"
+    line = (f"preflight: asked {asked}; found {found}, {os.cpu_count()} CPU core(s); "
+            f"will train on {plan_text} with {cfg.precision}")
     return Plan(device, strategy, line)
 
 
 def preflight(cfg: TrainerConfig, where: str = "trainer") -> str:
     """One line: what was asked, what this machine has, what will run. Refuses absent hardware."""
     return hardware_plan(cfg, where).line
-
-
-plan = hardware_plan  # the name flows/_stage.py imports (not this session's file to edit)
 
 
 def transfer_state(source: dict[str, torch.Tensor], target: torch.nn.Module, exclude: tuple[str, ...] = ()) -> tuple[dict, dict]:
@@ -178,7 +178,6 @@ def fit_classifier(
     checkpoint_dir: keep best/last checkpoints under it and resume an interrupted identical run;
     live_dir: dvclive metrics and plots (trainer.logger: dvclive); callbacks: extra Lightning callbacks;
     run_settings: what else decides the result (e.g. the callbacks' schedule), part of the resume key."""
-    run = hardware_plan(trainer_cfg)
     torch.set_num_threads(trainer_cfg.num_threads)
     pl.seed_everything(seed, workers=True, verbose=False)
     network = spec.build()
@@ -187,18 +186,35 @@ def fit_classifier(
     module = Classifier(network.backbone, len(spec.classes), optimizer.model_dump(), backbone_lr_ratio,
                         class_weights, label_smoothing, spec.task)
     module.head.load_state_dict(network.head.state_dict())
+    settings = {"spec": spec.to_json(), "optimizer": optimizer.model_dump(), "seed": seed, "weights": class_weights,
+                "ratio": backbone_lr_ratio, "smoothing": label_smoothing,
+                "augment": on_the_fly.model_dump() if on_the_fly else None,
+                "trainer": trainer_cfg.model_dump(exclude={"progress_bar", "logger", "num_threads"}), "extra": run_settings}
+    return fit(module, arrays, trainer_cfg, seed, on_epoch=on_epoch, on_the_fly=on_the_fly, checkpoint_dir=checkpoint_dir,
+               live_dir=live_dir, callbacks=callbacks, resume_key=(settings, init_state))
 
+
+def fit(module: pl.LightningModule, arrays: dict[str, tuple[np.ndarray, np.ndarray]], trainer_cfg: TrainerConfig, seed: int,
+        on_epoch: Callable[[int, int, dict], None] | None = None, on_the_fly: BatchAugmentConfig | None = None,
+        checkpoint_dir: Path | None = None, live_dir: Path | None = None, callbacks: list[pl.Callback] | None = None,
+        resume_key: tuple[dict, dict | None] | None = None) -> FitResult:
+    """The one training path (train, finetune, pruning fine-tunes, distillation): `trainer_cfg` made into a
+    Lightning Trainer (hardware plan, callbacks, per-epoch reseed, checkpoints, logger) that fits `module` on
+    `arrays`; the module ends with the weights the result holds (the best epoch's with restore_best).
+
+    A diverged run becomes the stage's one line (tasks/errors.diverged), SIGTERM exit 143.
+    checkpoint_dir + resume_key (settings, starting weights): resume an interrupted identical run."""
+    run = hardware_plan(trainer_cfg)
+    torch.set_num_threads(trainer_cfg.num_threads)
+    module.train()  # Lightning keeps the modes it is given; a copy of an evaluated network arrives in eval
     spawn = run.strategy == "ddp_spawn"
     with tempfile.TemporaryDirectory(prefix="trainflow-ckpt-") as scratch:
-        if checkpoint_dir is None and spawn:
-            checkpoint_dir = Path(scratch)  # ddp_spawn: the history comes back through the last checkpoint
+        if checkpoint_dir is None and (spawn or trainer_cfg.restore_best):
+            # ddp_spawn: the history comes back through the last checkpoint; restore_best: the best one's weights
+            checkpoint_dir = Path(scratch)
         folder, resume = None, None
         if checkpoint_dir is not None:
-            settings = {"spec": spec.to_json(), "optimizer": optimizer.model_dump(), "seed": seed, "weights": class_weights,
-                        "ratio": backbone_lr_ratio, "smoothing": label_smoothing,
-                        "augment": on_the_fly.model_dump() if on_the_fly else None,
-                        "trainer": trainer_cfg.model_dump(exclude={"progress_bar", "logger", "num_threads"}),
-                        "extra": run_settings}
+            settings, init_state = resume_key or ({}, None)
             folder, resume = checkpoints.prepare(Path(checkpoint_dir), checkpoints.run_key(settings, arrays, init_state))
         history = EpochHistory(None if spawn else on_epoch)  # a Prefect callback cannot cross into spawned ranks
         has_val = "val" in arrays and not trainer_cfg.fast_dev_run
@@ -224,12 +240,12 @@ def fit_classifier(
             rows = saved["rows"] if saved else rows
             for row in rows if on_epoch else ():
                 on_epoch(row["epoch"] + 1, trainer_cfg.max_epochs, row)
-        state = {k: v.detach().cpu() for k, v in module.state_dict().items() if not k.startswith("class_weights")}
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback and has_val else ""
         if trainer_cfg.restore_best and best and Path(best).exists():
-            state = {k: v.cpu() for k, v in checkpoints.load(Path(best))["state_dict"].items() if not k.startswith("class_weights")}
+            module.load_state_dict(checkpoints.load(Path(best))["state_dict"])
         if folder is not None and trainer.state.finished:
             checkpoints.mark_complete(folder)
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items() if not k.startswith("class_weights")}
     final = rows[-1] if rows else {}
     return FitResult(state, rows, {k: v for k, v in final.items() if k.startswith("val/")}, resumed_epoch)
 
@@ -283,7 +299,8 @@ def backbone_spec(cfg: BackboneConfig, data: DataConfig | None = None, vocab: in
     if cfg.kind == "rnn":
         return {"kind": "rnn", "cell": cfg.cell, "hidden": cfg.hidden, "layers": cfg.layers, "bidirectional": cfg.bidirectional,
                 "embed": cfg.embed, "dropout": cfg.dropout, **tokens}
-    return {"kind": "transformer", "d_model": cfg.d_model, "heads": cfg.heads, "layers": cfg.layers, "dropout": cfg.dropout, **tokens}
+    return {"kind": "transformer", "d_model": cfg.d_model, "heads": cfg.heads, "layers": cfg.layers, "dropout": cfg.dropout,
+            **tokens}
 
 
 def _drop_torn_json(path: Path) -> None:

@@ -54,12 +54,13 @@ def _make_inputs(project, params) -> None:
     save_frame(pool.groupby(params.data.label).head(5)[[params.data.id]], project / "data/finetune/labelled_ids.parquet")
 
     torch.manual_seed(0)
-    spec = ModelSpec({"kind": "cnn", "widths": [8, 16], "hidden": 32, "dropout": 0.0}, (1, 8, 8), CLASSES, {"trained_on": "target"})
+    spec = ModelSpec({"kind": "cnn", "widths": [8, 16], "hidden": 32, "dropout": 0.0}, (1, 8, 8), CLASSES,
+                     {"trained_on": "target"})
     network = spec.build()
     x = torch.as_tensor(features_array(pool, params.data))
     y = torch.as_tensor(pool["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy().copy())
     optimizer = torch.optim.Adam(network.parameters(), lr=0.01)
-    for step in range(150):
+    for _ in range(150):
         batch = torch.randint(0, len(x), (64,))
         loss = torch.nn.functional.cross_entropy(network(x[batch]), y[batch])
         optimizer.zero_grad()

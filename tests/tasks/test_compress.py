@@ -120,7 +120,8 @@ def test_channel_pruning_zeros_whole_output_channels_and_spares_the_head(tiny):
         rows = getattr(layer, name).flatten(1).abs().sum(dim=1)
         assert int((rows == 0).sum()) == round(0.25 * len(rows))
     assert (pruned.head.weight != 0).all()
-    assert all(not name.startswith("head") for name, m in pruned.named_modules() if any(m is l for l, _ in prunable(pruned, "channels")))
+    pruned_layers = [layer for layer, _ in prunable(pruned, "channels")]
+    assert all(not name.startswith("head") for name, m in pruned.named_modules() if any(m is layer for layer in pruned_layers))
 
 
 def test_pruning_fine_tune_keeps_the_zeros(tiny):
@@ -133,6 +134,29 @@ def test_pruning_fine_tune_keeps_the_zeros(tiny):
     row = measure.fn(candidate, x, y, LATENCY)
     weights = sum(w.numel() for w, _ in ((getattr(m, n), n) for m, n in prunable(candidate.fp32, "unstructured")))
     assert row["parameters"] - row["nonzero_parameters"] == pytest.approx(weights / 2, abs=2)
+
+
+def test_candidate_fits_build_their_trainer_as_train_does(tiny, monkeypatch):
+    """Pruning fine-tunes and distillation go through tasks/train.fit: the trainer settings train honours
+    (accumulation, early stopping, restore_best, the per-epoch reseed) reach them; no dvclive logger."""
+    import tasks.train
+    from lightning_modules.callbacks import EpochSeed
+
+    built = []
+    real = tasks.train._trainer_args
+    monkeypatch.setattr(tasks.train, "_trainer_args", lambda *a: built.append(real(*a)) or built[-1])
+    network, spec, x, y = tiny
+    trainer = TRAINER.model_copy(update={"accumulate_grad_batches": 2, "early_stopping_patience": 1, "restore_best": True})
+    arrays = {"train": (x, y), "val": (x, y)}
+    prune_candidate.fn(network, spec, PruneConfig(amount=0.5, finetune_epochs=2), arrays, OptimizerConfig(lr=0.01), trainer, 0)
+    cfg = DistillConfig(student={"kind": "cnn", "widths": [4], "hidden": 8, "dropout": 0.0}, trainer=trainer)
+    distill_candidate.fn(network, spec, cfg, arrays, seed=0)
+    assert len(built) == 2
+    for args in built:
+        kinds = {type(c).__name__ for c in args["callbacks"]}
+        assert args["accumulate_grad_batches"] == 2 and args["logger"] is False and args["enable_checkpointing"]
+        assert {"EpochSeed", "EarlyStopping", "ModelCheckpoint"} <= kinds
+        assert next(c for c in args["callbacks"] if isinstance(c, EpochSeed)).seed == 0
 
 
 def test_distillation_loss_matches_a_hand_computed_case():
@@ -222,7 +246,7 @@ def test_a_diverged_distillation_is_one_line_naming_the_compress_block(monkeypat
 
     from lightning_modules.backbones import build_backbone
     from lightning_modules.distill import Distiller
-    from tasks.compress import lightning_fit
+    from tasks.train import fit
 
     # as inside compress's distill_candidate task (tasks/errors.py reads the running task's name)
     running = SimpleNamespace(task=SimpleNamespace(name="distill_candidate"))
@@ -233,7 +257,7 @@ def test_a_diverged_distillation_is_one_line_naming_the_compress_block(monkeypat
     adam = {"name": "adam", "lr": 1e30, "weight_decay": 0.0, "momentum": 0.9}
     module = Distiller(build_backbone({"kind": "mlp", "hidden": 8, "depth": 1}, (4,)), None, 3, adam)
     with pytest.raises(UserError) as error:
-        lightning_fit(module, {"train": (x, targets), "val": (x, y)}, TrainerConfig(max_epochs=2, batch_size=16, accelerator="cpu"), 0)
+        fit(module, {"train": (x, targets), "val": (x, y)}, TrainerConfig(max_epochs=2, batch_size=16, accelerator="cpu"), 0)
     assert str(error.value).startswith("distillation stopped at epoch 1 of 2: the mean training loss is nan; ")
     assert "lower compress.distill.optimizer.lr, set compress.distill.trainer.gradient_clip_val" in str(error.value)
 
