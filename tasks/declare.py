@@ -66,6 +66,88 @@ def declare(frame: pd.DataFrame, source: Path, label: str, kind: str) -> Declara
     return Declaration(params, dvc_yaml(source, kind), summary)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MODES = {"L": 1, "RGB": 3, "RGBA": 4}
+
+
+def image_folder(folder: Path) -> tuple[list[tuple[str, str]], tuple[int, int, int]]:
+    """The (relative path, class) of every image in a folder of one subfolder per class, and their
+    common (C, H, W) shape. trainflow never resizes, so every image must have the same size."""
+    from PIL import Image, UnidentifiedImageError
+
+    classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files = [(f.relative_to(folder).as_posix(), d.name) for d in classes for f in sorted(d.rglob("*"))
+             if f.suffix.lower() in IMAGE_SUFFIXES]
+    if len(classes) < 2 or not files:
+        raise UserError(f"{folder}: expected one subfolder of PNG/JPEG images per class, found {len(classes)} "
+                        f"subfolder(s) and {len(files)} image(s)")
+    shapes = {}
+    for name, _ in files:
+        try:
+            with Image.open(folder / name) as image:
+                image.load()
+                shapes.setdefault((MODES.get(image.mode, 3), image.size[1], image.size[0]), name)
+        except (UnidentifiedImageError, OSError) as e:
+            raise UserError(f"{folder / name}: not a readable image ({type(e).__name__}): remove or replace it") from None
+    if len(shapes) > 1:
+        (first, a), (second, b) = list(shapes.items())[:2]
+        raise UserError(f"{folder}: images of different sizes ({a} is {first[1]}x{first[2]}, {b} is {second[1]}x{second[2]}): "
+                        f"trainflow never resizes; make them one size first")
+    return files, next(iter(shapes))
+
+
+def declare_images(files: list[tuple[str, str]], shape: tuple[int, int, int], manifest: Path) -> Declaration:
+    """The project for a folder of images whose manifest (path,label) is at `manifest`."""
+    counts = pd.Series([label for _, label in files]).value_counts()
+    ratio = counts.max() / counts.min()
+    channels, height, width = shape
+    pixels = channels * height * width
+    epochs = 30 if len(files) < 5000 else 15
+    lines = [
+        f"# Made by `trainflow init` from a folder of {len(files)} images in {len(counts)} classes (one subfolder each).",
+        "# Each inferred choice says what in the data led to it: edit any of them. Every key: trainflow's docs/params.md.",
+        "",
+        "data:",
+        "  modality: image",
+        f"  label: label  # {', '.join(f'{k} {v}' for k, v in counts.head(6).items())}{', ...' if len(counts) > 6 else ''}",
+        "  id: id  # rows are numbered in the manifest's order",
+        f"  image_shape: [{channels}, {height}, {width}]  # every image is {height}x{width} with {channels} channel(s)",
+        "  pixel_range: [0, 255]",
+        "",
+        "ingest:",
+        f"  source: {{kind: image_manifest, path: {_yaml(manifest.as_posix())}}}",
+        "  split: {val: 0.15, test: 0.2, seed: 42}",
+        "  datasets: {}",
+        "",
+        "validate:",
+        "  max_invalid_fraction: 0.05",
+        "  schema: {}",
+        "",
+        "repair:",
+        "  missing: {strategy: median}",
+        f"  imbalance: class_weight{_comment(f'largest class {ratio:.1f}x the smallest')}" if ratio > 1.5
+        else f"  imbalance: none{_comment(f'classes within {ratio:.1f}x of each other')}",
+        "",
+        "augment:                     # one rotated, shifted, zoomed, noisy copy of each train image",
+        "  copies: 1",
+        "  rotation_deg: 10",
+        "",
+        "train:",
+        "  dataset: source",
+        "  seed: 42",
+        f"  backbone: {{kind: cnn, widths: [32, 64], pool: 1, hidden: 128, dropout: 0.25}}  # {pixels} pixels an image",
+        "  optimizer: {name: adam, lr: 0.002, weight_decay: 0.0001}",
+        f"  trainer: {{max_epochs: {epochs}, batch_size: 64, early_stopping_patience: 6, restore_best: true}}",
+        "",
+        "evaluate:",
+        "  model: train",
+        "",
+    ]
+    summary = [f"{len(files)} images of {height}x{width}, {channels} channel(s), in {len(counts)} classes",
+               f"manifest: {manifest.as_posix()}"]
+    return Declaration("\n".join(lines), dvc_yaml(manifest.parent, "image_manifest"), summary)
+
+
 def _id_column(frame: pd.DataFrame, label: str) -> str | None:
     """The first column named like an id whose values are unique and present on every row."""
     for name in frame.columns:

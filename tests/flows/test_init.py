@@ -75,3 +75,42 @@ def test_a_new_project_builds_with_dvc_repro_outside_the_repository(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((project / "reports" / "evaluate" / "metrics.json").read_text())
     assert metrics["accuracy"] > 0.9  # the majority class is 44% of the penguins
+
+
+def _digit_tree(folder: Path, count: int = 400) -> Path:
+    """Real 8x8 digits (scikit-learn's), one PNG a file, one subfolder a class."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root = folder / "digits"
+    for i, (image, label) in enumerate(zip(digits.images[:count], digits.target[:count], strict=True)):
+        (root / f"digit_{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image * 16).astype(np.uint8), mode="L").save(root / f"digit_{label}" / f"{i:04d}.png")
+    return root
+
+
+def test_init_on_a_folder_of_images_writes_a_manifest_and_an_image_declaration(tmp_path):
+    tree = _digit_tree(tmp_path)
+    result = _init(tmp_path / "digits_project", "--data", tree, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    project = tmp_path / "digits_project"
+    params = load_params(project / "params.yaml")
+    assert params.data.modality == "image" and params.data.image_shape == (1, 8, 8)
+    manifest = (project / "data" / "digits" / "manifest.csv").read_text().splitlines()
+    assert manifest[0] == "path,label" and len(manifest) == 401 and manifest[1].startswith("digit_0/")
+    assert not (tree / "manifest.csv").exists()  # the user's folder is left as it was
+
+
+@pytest.mark.parametrize(("spoil", "line"), [
+    (lambda tree: (tree / "digit_1" / "9999.png").write_bytes(b"not a png"), r"9999\.png: not a readable image"),
+    (lambda tree: __import__("PIL.Image").Image.new("L", (10, 12)).save(tree / "digit_2" / "big.png"),
+     r"images of different sizes .* trainflow never resizes"),
+])
+def test_a_bad_image_folder_is_one_line(tmp_path, spoil, line):
+    tree = _digit_tree(tmp_path, count=40)
+    spoil(tree)
+    result = _init(tmp_path / "project", "--data", tree, cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert __import__("re").search(line, result.stderr), result.stderr
