@@ -73,7 +73,7 @@ def apply_overrides(overrides: list[str], path: Path = PARAMS) -> None:
         trial.unlink(missing_ok=True)
 
 
-def plan(targets: list[str] | None = None) -> list[str]:
+def stages_upstream_of(targets: list[str] | None = None) -> list[str]:
     """The stages `dvc repro TARGETS` would visit, upstream first (default: this folder's dvc.yaml)."""
     from dvc.dvcfile import PROJECT_FILE
     from dvc.exceptions import DvcException
@@ -225,7 +225,7 @@ def run_dvc_stage(stage: str, force: bool = False):
 def pipeline(targets: list[str] | None = None, force: bool = False, overrides: list[str] | None = None):
     """Run the stages of dvc.yaml (or of `targets` and what they depend on) in DVC's order."""
     apply_overrides(list(overrides or []))
-    stages = plan(targets)
+    stages = stages_upstream_of(targets)
     print(f"stages, upstream first: {', '.join(stages)}")
     results = []
     for stage in stages:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.pipeline import plan
+from flows.pipeline import stages_upstream_of
 from tests.conftest import ROOT
 from tests.e2e.test_deployment import client_env, make_repo, start_server, stop, stop_warm
 
@@ -126,7 +126,7 @@ def pipeline_run(tmp_path_factory):
         cwd = os.getcwd()
         os.chdir(root)
         try:
-            stages = plan()
+            stages = stages_upstream_of()
         finally:
             os.chdir(cwd)
         yield url.removesuffix("/api"), run, stages

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import yaml
 
-from flows.pipeline import apply_overrides, pipeline, plan
+from flows.pipeline import apply_overrides, pipeline, stages_upstream_of
 from tasks.errors import UserError
 from tests.conftest import ROOT, copy_repo, shrunk_params_dict
 
@@ -63,19 +63,19 @@ def _logs(flow_run_id) -> str:
 
 def test_the_plan_is_dvcs_own(in_repo):
     declared = list(yaml.safe_load((in_repo / "dvc.yaml").read_text())["stages"])
-    assert sorted(plan()) == sorted(declared) and plan()[0] == "ingest"
-    assert plan(["train"]) == ["ingest", "validate", "repair", "augment", "train"]
+    assert sorted(stages_upstream_of()) == sorted(declared) and stages_upstream_of()[0] == "ingest"
+    assert stages_upstream_of(["train"]) == ["ingest", "validate", "repair", "augment", "train"]
     # A stage added to dvc.yaml shows up with no change to the flow: nothing is restated.
     original = (in_repo / "dvc.yaml").read_text()
     try:
         dvc_yaml = yaml.safe_load(original)
         dvc_yaml["stages"]["summary"] = {"cmd": "cat reports/validate/report.md", "deps": ["reports/validate/report.md"]}
         (in_repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
-        assert plan(["summary"]) == ["ingest", "validate", "summary"]
+        assert stages_upstream_of(["summary"]) == ["ingest", "validate", "summary"]
     finally:
         (in_repo / "dvc.yaml").write_text(original)
     with pytest.raises(UserError, match="no_such_stage"):
-        plan(["no_such_stage"])
+        stages_upstream_of(["no_such_stage"])
 
 
 def test_overrides_apply_like_dvc_exp_run_and_keep_comments(tmp_path):
