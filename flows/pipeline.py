@@ -161,9 +161,6 @@ def _cancel_requested(client, flow_run_id) -> bool:
 @task(cache_policy=NO_CACHE)  # no retries: a stage that fails fails the same way again
 def run_dvc_stage(stage: str, force: bool = False):
     """One DVC stage: Skipped when DVC says it is up to date, else `dvc repro -s`, logs streamed."""
-    from prefect.client.orchestration import get_client
-    from prefect.context import FlowRunContext
-
     logger = get_run_logger()
     start = time.monotonic()
     reason = "forced (--force)" if force else staleness(stage)
@@ -177,6 +174,28 @@ def run_dvc_stage(stage: str, force: bool = False):
     # A process group of its own: cancelling stops dvc, the stage and every worker it started.
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                env=stage_env(), start_new_session=True, text=True, errors="replace")
+    cancelled, tail = _follow(process, stage, logger)
+    seconds = round(time.monotonic() - start, 2)
+    result = {"stage": stage, "reason": reason, "seconds": seconds}
+    if cancelled:
+        return Cancelled(message=f"{stage}: cancelled; no output of it was recorded in dvc.lock",
+                         data=result | {"outcome": "cancelled"})
+    if process.returncode != 0:
+        errors = [line for line in tail if line.startswith(("error:", "ERROR"))] or tail[-1:]
+        return Failed(message=f"{stage}: exit {process.returncode}: {errors[0] if errors else 'no output'}",
+                      data=result | {"outcome": "failed"})
+    restored = any("is cached - skipping run" in line for line in tail)
+    outcome = "restored" if restored else "ran"
+    return Completed(name="Restored" if restored else "Completed", message=f"{stage}: {outcome} ({reason})",
+                     data=result | {"outcome": outcome})
+
+
+def _follow(process: subprocess.Popen, stage: str, logger) -> tuple[bool, list[str]]:
+    """Stream the stage's output into the run's logs until it ends, or stop its process group when
+    the flow run is cancelled. Returns (cancelled, the last 20 lines)."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
     tail: list[str] = []
 
     def stream() -> None:
@@ -204,19 +223,7 @@ def run_dvc_stage(stage: str, force: bool = False):
     finally:  # also on the SIGTERM a worker sends when the run is cancelled (Prefect raises it here)
         stop_group(process)
         reader.join(timeout=5)
-    seconds = round(time.monotonic() - start, 2)
-    result = {"stage": stage, "reason": reason, "seconds": seconds}
-    if cancelled:
-        return Cancelled(message=f"{stage}: cancelled; no output of it was recorded in dvc.lock",
-                         data=result | {"outcome": "cancelled"})
-    if process.returncode != 0:
-        errors = [line for line in tail if line.startswith(("error:", "ERROR"))] or tail[-1:]
-        return Failed(message=f"{stage}: exit {process.returncode}: {errors[0] if errors else 'no output'}",
-                      data=result | {"outcome": "failed"})
-    restored = any("is cached - skipping run" in line for line in tail)
-    outcome = "restored" if restored else "ran"
-    return Completed(name="Restored" if restored else "Completed", message=f"{stage}: {outcome} ({reason})",
-                     data=result | {"outcome": outcome})
+    return cancelled, tail
 
 
 # ------------------------------------------------------------------------------- the flow
