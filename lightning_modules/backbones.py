@@ -86,8 +86,9 @@ def build_backbone(spec: dict[str, Any], in_shape: tuple[int, ...]) -> nn.Module
 
 
 class Network(nn.Module):
-    """Backbone + linear head with the same parameter names as `Classifier`, for plain-torch use
-    (evaluation, export, compression) without importing Lightning.
+    """Backbone + linear head: the one network definition. The LightningModules train it (`Classifier`,
+    `Distiller` hold one as `network`), and plain torch uses it as is (evaluation, export, compression)
+    without importing Lightning; its state dict (`backbone.*`, `head.*`) is what model.safetensors holds.
 
     classification: one logit a class. binary: one logit, returned as the pair (0, z) so that
     softmax gives (1 - sigmoid(z), sigmoid(z)) and every consumer of class logits works unchanged.

@@ -1,5 +1,6 @@
 """One LightningModule for classification, binary classification and regression: an injected
-backbone, a linear head, one shared step.
+network (lightning_modules.backbones.Network: backbone + head + forward, the one definition every
+module trains), one shared step.
 
 task (from the loss): classification (cross-entropy with class weights and label smoothing),
 binary (one logit, BCE; class weights become the positive-class weight), regression (MSE).
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_modules.backbones import Network
 from lightning_modules.epoch_means import EpochMeans
 from lightning_modules.optim import OPTIMIZERS, build_scheduler
 
@@ -24,28 +26,41 @@ LOSS_TASK = {"cross_entropy": "classification", "bce": "binary", "mse": "regress
 
 
 class Classifier(EpochMeans, pl.LightningModule):
-    def __init__(self, backbone: nn.Module, num_classes: int, optimizer: dict, backbone_lr_ratio: float = 1.0,
-                 class_weights: list[float] | None = None, label_smoothing: float = 0.0, task: str = "classification"):
+    """Trains `network` (its task: classification, binary or regression) on labels."""
+
+    def __init__(self, network: Network, optimizer: dict, backbone_lr_ratio: float = 1.0,
+                 class_weights: list[float] | None = None, label_smoothing: float = 0.0):
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone"])
-        self.backbone = backbone
-        self.head = nn.Linear(backbone.out_features, num_classes if task == "classification" else 1)
+        self.save_hyperparameters(ignore=["network"])
+        self.network = network
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
-        if weights is not None and task == "binary":  # BCE weighs the positive class against the negative one
+        if weights is not None and self.task == "binary":  # BCE weighs the positive class against the negative one
             weights = (weights[1] / weights[0]).reshape(1)
         self.register_buffer("class_weights", weights, persistent=False)
         if backbone_lr_ratio == 0:  # linear probe: the backbone is a fixed feature extractor
             self.backbone.requires_grad_(False)
 
+    @property
+    def backbone(self) -> nn.Module:
+        return self.network.backbone
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.network.head
+
+    @property
+    def task(self) -> str:
+        return self.network.task
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.network(x)  # binary: the pair (0, z), so z is column 1
 
     def on_train_epoch_start(self) -> None:
         if not any(p.requires_grad for p in self.backbone.parameters()):
             self.backbone.eval()  # frozen BatchNorm statistics stay those of the source data
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        task = self.hparams.task
+        task = self.task
         if task == "regression":
             return F.mse_loss(out.squeeze(1), y.float())
         if y.dim() == 2:  # mixed targets: (label a, label b, weight of b)
@@ -55,17 +70,16 @@ class Classifier(EpochMeans, pl.LightningModule):
             out, y, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing)
 
     def _per_sample(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.hparams.task == "binary":
-            return F.binary_cross_entropy_with_logits(out.squeeze(1), y.float(), pos_weight=self.class_weights, reduction="none")
+        if self.task == "binary":
+            return F.binary_cross_entropy_with_logits(out[:, 1], y.float(), pos_weight=self.class_weights, reduction="none")
         return F.cross_entropy(out, y, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing, reduction="none")
 
     def metric(self, out: torch.Tensor, y: torch.Tensor) -> tuple[str, torch.Tensor]:
         """acc for the classifiers (against label a of a mixed batch), mae for regression."""
-        if self.hparams.task == "regression":
+        if self.task == "regression":
             return "mae", (out.squeeze(1) - y.float()).abs().mean()
         target = y[:, 0].long() if y.dim() == 2 else y
-        pred = (out.squeeze(1) > 0).long() if self.hparams.task == "binary" else out.argmax(dim=1)
-        return "acc", (pred == target).float().mean()
+        return "acc", (out.argmax(dim=1) == target).float().mean()  # binary: z > 0 is argmax 1 of (0, z)
 
     def _shared_step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
@@ -94,5 +108,6 @@ class Classifier(EpochMeans, pl.LightningModule):
         if self.hparams.backbone_lr_ratio > 0:
             groups.append({"params": self.backbone.parameters(), "lr": o["lr"] * self.hparams.backbone_lr_ratio})
         optimizer = OPTIMIZERS[o["name"]](groups, o)
-        schedule = build_scheduler(optimizer, o.get("scheduler"), self.trainer.estimated_stepping_batches, self.trainer.max_epochs)
+        steps, epochs = self.trainer.estimated_stepping_batches, self.trainer.max_epochs
+        schedule = build_scheduler(optimizer, o.get("scheduler"), steps, epochs)
         return optimizer if schedule is None else {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -1,11 +1,11 @@
 """Knowledge distillation: a small student learns from a frozen teacher's softened outputs.
 
-The student backbone and the teacher network are injected (as in `Classifier`); the student gets
-its own linear head, so its weights carry the same names as any trained model (`backbone.*`,
-`head.*`) and load into `Network` unchanged. Rows with label -1 have no hard label: they learn
-from the teacher alone (Hinton et al., 2015). Training targets are either labels (the teacher runs
-on every batch) or (B, 1 + K) floats: the label, then the teacher's K logits computed once
-beforehand, which saves a teacher forward pass per step when nothing augments the batches.
+The student and the teacher are injected networks (lightning_modules.backbones.Network, as in
+`Classifier`), so the student's weights are those of any trained model (`backbone.*`, `head.*`).
+Rows with label -1 have no hard label: they learn from the teacher alone (Hinton et al., 2015).
+Training targets are either labels (the teacher runs on every batch) or (B, 1 + K) floats: the label,
+then the teacher's K logits computed once beforehand, which saves a teacher forward pass per step
+when nothing augments the batches.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.classifier import OPTIMIZERS
+from lightning_modules.backbones import Network
 from lightning_modules.epoch_means import EpochMeans
+from lightning_modules.optim import OPTIMIZERS
 
 UNLABELLED = -1
 
@@ -38,28 +39,25 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 
 class Distiller(EpochMeans, pl.LightningModule):
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, num_classes: int, optimizer: dict,
+    """Trains `network` (the student, a classifier) against `teacher`'s logits: live, or given with the labels."""
+
+    def __init__(self, network: Network, teacher: nn.Module | None, optimizer: dict,
                  temperature: float = 4.0, alpha: float = 0.7, class_weights: list[float] | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["student", "teacher"])
-        self.backbone = student
-        self.head = nn.Linear(student.out_features, num_classes)
+        self.save_hyperparameters(ignore=["network", "teacher"])
+        self.network = network
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.network(x)
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()  # the teacher's BatchNorm statistics and dropout stay fixed
         return self
-
-    def student_state(self) -> dict[str, torch.Tensor]:
-        """The student's weights alone, named as `Network`'s."""
-        return {k: v.detach().cpu() for k, v in self.state_dict().items() if k.startswith(("backbone.", "head."))}
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -79,7 +77,8 @@ class Distiller(EpochMeans, pl.LightningModule):
         logits = self(x)
         acc = (logits.argmax(dim=1) == y).float().mean()
         self.add_to_epoch("val", {"loss": F.cross_entropy(logits, y), "acc": acc}, len(y))
+
     def configure_optimizers(self):
         o = self.hparams.optimizer
-        params = [*self.backbone.parameters(), *self.head.parameters()]  # never the teacher's
+        params = list(self.network.parameters())  # never the teacher's
         return OPTIMIZERS[o["name"]]([{"params": params, "lr": o["lr"]}], o)

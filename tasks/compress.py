@@ -215,24 +215,22 @@ def prune_candidate(network: Network, spec: ModelSpec, cfg: PruneConfig, arrays:
     network to the dense one's logits on every `arrays["train"]` row (label -1: unlabelled), plus
     cross-entropy where a label is known; `recover: labels` trains on the labelled rows alone."""
     pl.seed_everything(seed, verbose=False)
-    tuned = copy.deepcopy(network)
+    pruned = copy.deepcopy(network).requires_grad_(True)  # the model to compress may arrive frozen
     x, y = arrays["train"]
     if cfg.recover == "distill":
-        module = Distiller(tuned.backbone, None, len(spec.classes), optimizer.model_dump(), cfg.temperature, cfg.alpha)
+        module = Distiller(pruned, None, optimizer.model_dump(), cfg.temperature, cfg.alpha)
         train = (x, np.concatenate([y[:, None].astype(np.float32), torch_logits(network, x)], axis=1))
     else:
-        module = Classifier(tuned.backbone, len(spec.classes), optimizer.model_dump())
+        module = Classifier(pruned, optimizer.model_dump())
         train = (x[y != UNLABELLED], y[y != UNLABELLED])
-    module.head.load_state_dict(tuned.head.state_dict())
-    layers = apply_pruning(module, cfg)
+    layers = apply_pruning(pruned, cfg)
     history = []
     if cfg.finetune_epochs:
         epochs = trainer_cfg.model_copy(update={"max_epochs": cfg.finetune_epochs})
         history = _fit(module, {**arrays, "train": train}, epochs, seed)
     for layer, name in layers:
         prune.remove(layer, name)  # weight_orig * mask becomes the plain weight: the zeros are permanent
-    pruned = spec.build()
-    pruned.load_state_dict({k: v for k, v in module.cpu().state_dict().items() if k.startswith(("backbone.", "head."))})
+    pruned = pruned.cpu()
     name = f"prune_{cfg.scope}_{cfg.structure}_{round(cfg.amount * 100)}"
     recipe = {"method": "prune", "prune": cfg.model_dump(), "sparsity": round(sparsity(pruned.eval(), cfg.structure), 6)}
     return Candidate(name, pruned, pruned, spec, recipe, history)
@@ -247,14 +245,12 @@ def distill_candidate(teacher: Network, spec: ModelSpec, cfg: DistillConfig, arr
     student_spec = ModelSpec(backbone_spec(cfg.student), spec.in_shape, spec.classes,
                              {**spec.extra, "distilled_from": spec.backbone})
     student = student_spec.build()
-    module = Distiller(student.backbone, None, len(spec.classes), cfg.optimizer.model_dump(),
-                       cfg.temperature, cfg.alpha, class_weights)
-    module.head.load_state_dict(student.head.state_dict())
+    module = Distiller(student, None, cfg.optimizer.model_dump(), cfg.temperature, cfg.alpha, class_weights)
     x, y = arrays["train"]
     # The teacher's logits once, beside the labels: no teacher forward pass in every step.
     targets = np.concatenate([y[:, None].astype(np.float32), torch_logits(teacher, x)], axis=1)
     history = _fit(module, {**arrays, "train": (x, targets)}, cfg.trainer, seed)
-    student.load_state_dict(module.cpu().student_state())
+    student = student.cpu()
     recipe = {"method": "distill", "distill": cfg.model_dump(mode="json"),
               "train_rows": int(len(arrays["train"][1])), "labelled_rows": int((arrays["train"][1] >= 0).sum())}
     return Candidate("distill", student.eval(), student, student_spec, recipe, history)

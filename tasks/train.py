@@ -183,9 +183,7 @@ def fit_classifier(
     network = spec.build()
     if init_state is not None:
         network.load_state_dict(init_state)
-    module = Classifier(network.backbone, len(spec.classes), optimizer.model_dump(), backbone_lr_ratio,
-                        class_weights, label_smoothing, spec.task)
-    module.head.load_state_dict(network.head.state_dict())
+    module = Classifier(network, optimizer.model_dump(), backbone_lr_ratio, class_weights, label_smoothing)
     settings = {"spec": spec.to_json(), "optimizer": optimizer.model_dump(), "seed": seed, "weights": class_weights,
                 "ratio": backbone_lr_ratio, "smoothing": label_smoothing,
                 "augment": on_the_fly.model_dump() if on_the_fly else None,
@@ -199,8 +197,9 @@ def fit(module: pl.LightningModule, arrays: dict[str, tuple[np.ndarray, np.ndarr
         checkpoint_dir: Path | None = None, live_dir: Path | None = None, callbacks: list[pl.Callback] | None = None,
         resume_key: tuple[dict, dict | None] | None = None) -> FitResult:
     """The one training path (train, finetune, pruning fine-tunes, distillation): `trainer_cfg` made into a
-    Lightning Trainer (hardware plan, callbacks, per-epoch reseed, checkpoints, logger) that fits `module` on
-    `arrays`; the module ends with the weights the result holds (the best epoch's with restore_best).
+    Lightning Trainer (hardware plan, callbacks, per-epoch reseed, checkpoints, logger) that fits `module`
+    (a LightningModule around a `network`, lightning_modules.backbones.Network) on `arrays`. The network
+    ends with the weights the result holds (the best epoch's with restore_best).
 
     A diverged run becomes the stage's one line (tasks/errors.diverged), SIGTERM exit 143.
     checkpoint_dir + resume_key (settings, starting weights): resume an interrupted identical run."""
@@ -245,7 +244,7 @@ def fit(module: pl.LightningModule, arrays: dict[str, tuple[np.ndarray, np.ndarr
             module.load_state_dict(checkpoints.load(Path(best))["state_dict"])
         if folder is not None and trainer.state.finished:
             checkpoints.mark_complete(folder)
-    state = {k: v.detach().cpu() for k, v in module.state_dict().items() if not k.startswith("class_weights")}
+    state = {k: v.detach().cpu() for k, v in module.network.state_dict().items()}  # backbone.*, head.*
     final = rows[-1] if rows else {}
     return FitResult(state, rows, {k: v for k, v in final.items() if k.startswith("val/")}, resumed_epoch)
 

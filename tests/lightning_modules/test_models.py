@@ -19,36 +19,42 @@ def test_backbones_map_a_batch_to_features(spec, shape):
     assert backbone(torch.zeros(4, *shape)).shape == (4, backbone.out_features)
 
 
-def test_classifier_and_plain_network_share_parameter_names():
-    backbone = build_backbone({"kind": "cnn", "widths": [8]}, (1, 8, 8))
-    module = Classifier(backbone, 3, {"name": "adam", "lr": 1e-3, "weight_decay": 0, "momentum": 0.9})
+def test_classifier_trains_the_network_it_is_given():
+    """One network definition: the module's state is the network's under `network.`, its output the network's."""
     network = Network(build_backbone({"kind": "cnn", "widths": [8]}, (1, 8, 8)), 3)
-    assert network.state_dict().keys() == module.state_dict().keys()
-    network.load_state_dict(module.state_dict(), strict=True)
-    # Loaded weights make it the same function: what evaluate and export run is what was trained.
-    module.eval(), network.eval()
+    module = Classifier(network, {"name": "adam", "lr": 1e-3, "weight_decay": 0, "momentum": 0.9})
+    assert module.state_dict().keys() == {f"network.{k}" for k in network.state_dict()}
+    assert module.backbone is network.backbone and module.head is network.head
+    module.eval()
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(network(x), module(x), rtol=0, atol=0)
+
+
+def _cnn(classes: int = 3) -> Network:
+    return Network(build_backbone({"kind": "cnn", "widths": [8]}, (1, 8, 8)), classes)
+
+
+def _fit_one_batch(module, arrays) -> None:
+    trainer = pl.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer.fit(module, datamodule=ArrayDataModule(arrays, 16))
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "rmsprop"])
 def test_fast_dev_run_trains_with_each_optimizer(optimizer):
     rng = np.random.default_rng(0)
     arrays = {s: (rng.random((32, 1, 8, 8), dtype=np.float32), rng.integers(0, 3, 32)) for s in ("train", "val")}
-    module = Classifier(build_backbone({"kind": "cnn", "widths": [8]}, (1, 8, 8)), 3,
-                        {"name": optimizer, "lr": 1e-2, "weight_decay": 1e-4, "momentum": 0.9})
+    module = Classifier(_cnn(), {"name": optimizer, "lr": 1e-2, "weight_decay": 1e-4, "momentum": 0.9})
     before = [p.clone() for p in module.parameters()]
-    pl.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False).fit(module, datamodule=ArrayDataModule(arrays, 16))
-    assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+    _fit_one_batch(module, arrays)
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
 
 
 def test_linear_probe_keeps_the_backbone_frozen():
     rng = np.random.default_rng(0)
     arrays = {s: (rng.random((32, 1, 8, 8), dtype=np.float32), rng.integers(0, 3, 32)) for s in ("train", "val")}
-    module = Classifier(build_backbone({"kind": "cnn", "widths": [8]}, (1, 8, 8)), 3,
-                        {"name": "adam", "lr": 1e-2, "weight_decay": 0, "momentum": 0.9}, backbone_lr_ratio=0.0)
+    module = Classifier(_cnn(), {"name": "adam", "lr": 1e-2, "weight_decay": 0, "momentum": 0.9}, backbone_lr_ratio=0.0)
     frozen = {k: v.clone() for k, v in module.backbone.state_dict().items()}
-    pl.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False).fit(module, datamodule=ArrayDataModule(arrays, 16))
+    _fit_one_batch(module, arrays)
     assert all(torch.equal(frozen[k], v) for k, v in module.backbone.state_dict().items())
 
 

@@ -6,13 +6,17 @@ import pytest
 import torch
 
 from lightning_modules.augment import BatchAugment
-from lightning_modules.backbones import build_backbone
+from lightning_modules.backbones import Network, build_backbone
 from lightning_modules.classifier import Classifier
 from lightning_modules.datamodule import ArrayDataModule, EpochBatches
 from lightning_modules.distill import Distiller
 from lightning_modules.optim import OPTIMIZERS, build_scheduler
 
 ADAM = {"name": "adam", "lr": 1e-2, "weight_decay": 0.0, "momentum": 0.9}
+
+
+def _mlp(in_features: int = 3, classes: int = 3, hidden: int = 4, task: str = "classification") -> Network:
+    return Network(build_backbone({"kind": "mlp", "hidden": hidden, "depth": 1}, (in_features,)), classes, task)
 
 
 def _lrs(name: str, steps: int = 20, **extra) -> list[float]:
@@ -32,12 +36,13 @@ def test_schedules_shape_the_learning_rate():
     step = _lrs("step")  # 20 steps over 4 epochs: x0.5 every 5 steps
     assert step[0] == step[4] == 1.0 and step[5] == 0.5 and step[10] == 0.25
     cosine = _lrs("cosine")
-    assert cosine[0] == 1.0 and all(a >= b for a, b in zip(cosine, cosine[1:])) and cosine[-1] < 0.05
+    assert cosine[0] == 1.0 and all(a >= b for a, b in zip(cosine, cosine[1:], strict=False)) and cosine[-1] < 0.05
     warm = _lrs("cosine", warmup_steps=5)
     assert warm[0] < 0.2 and warm[4] < warm[5] and max(warm) == pytest.approx(1.0)
     onecycle = _lrs("onecycle")
     assert onecycle[0] < 0.1 and max(onecycle) == pytest.approx(1.0, rel=0.05) and onecycle[-1] < 0.01
-    assert build_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), {"name": "none", "warmup_steps": 0}, 10, 1) is None
+    one = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    assert build_scheduler(one, {"name": "none", "warmup_steps": 0}, 10, 1) is None
 
 
 def test_plateau_steps_on_validation_loss():
@@ -63,7 +68,7 @@ def test_epoch_batches_depend_on_seed_and_epoch_only():
 
 
 def test_mixup_targets_weigh_two_labels():
-    module = Classifier(build_backbone({"kind": "mlp", "hidden": 4, "depth": 1}, (3,)), 3, ADAM)
+    module = Classifier(_mlp(), ADAM)
     out = torch.randn(4, 3)
     a, b = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 1, 0, 2])
     plain = torch.nn.functional.cross_entropy(out, a, reduction="none")
@@ -77,7 +82,7 @@ def test_l1_penalty_raises_the_training_loss():
     losses = []
     for l1 in (0.0, 1.0):
         torch.manual_seed(0)
-        module = Classifier(build_backbone({"kind": "mlp", "hidden": 4, "depth": 1}, (3,)), 3, ADAM | {"l1": l1})
+        module = Classifier(_mlp(), ADAM | {"l1": l1})
         losses.append(module.training_step((x, y), 0))
     assert losses[1] > losses[0] + 1.0
 
@@ -112,11 +117,12 @@ def test_mixed_targets_weigh_label_b_by_its_share_of_the_image(kind):
     assert ((w > 0.01) & (w < 0.99)).sum() >= 4  # mixed for real, not a batch of untouched images
 
 
-@pytest.mark.parametrize(("task", "y"), [("binary", np.array([0, 1] * 16)), ("regression", np.linspace(0, 1, 32, dtype=np.float32))])
+@pytest.mark.parametrize(("task", "y"), [("binary", np.array([0, 1] * 16)),
+                                         ("regression", np.linspace(0, 1, 32, dtype=np.float32))])
 def test_binary_and_regression_train_in_the_same_module(task, y):
     rng = np.random.default_rng(0)
     arrays = {s: (rng.random((32, 4), dtype=np.float32), y) for s in ("train", "val")}
-    module = Classifier(build_backbone({"kind": "mlp", "hidden": 8, "depth": 1}, (4,)), 2, ADAM, class_weights=[1.0, 3.0], task=task)
+    module = Classifier(_mlp(4, 2, 8, task), ADAM, class_weights=[1.0, 3.0])
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False)
     trainer.fit(module, datamodule=ArrayDataModule(arrays, 16))
     metric = "val/acc" if task == "binary" else "val/mae"
@@ -137,7 +143,7 @@ def test_on_the_fly_augmentation_runs_on_training_batches_only():
             seen["val"] = batch[1].shape
             return super().validation_step(batch, batch_idx)
 
-    module = Spy(build_backbone({"kind": "cnn", "widths": [4]}, (1, 8, 8)), 3, ADAM)
+    module = Spy(Network(build_backbone({"kind": "cnn", "widths": [4]}, (1, 8, 8)), 3), ADAM)
     pl.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False).fit(
         module, datamodule=ArrayDataModule(arrays, 16, augment={"mixup": 1.0, "rotation_deg": 10}))
     assert seen == {"train": (16, 3), "val": (16,)}
@@ -156,7 +162,7 @@ def test_epoch_metrics_are_the_batch_size_weighted_means_of_the_epoch(limit):
             seen[stage].append((float(loss), len(batch[1])))
             return loss
 
-    module = Spy(build_backbone({"kind": "mlp", "hidden": 8, "depth": 1}, (4,)), 3, ADAM)
+    module = Spy(_mlp(4, 3, 8), ADAM)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
                          limit_train_batches=limit, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=ArrayDataModule(arrays, 16, seed=0))
@@ -173,7 +179,7 @@ def test_a_diverged_distillation_stops_at_the_end_of_its_first_nan_epoch():
     rng = np.random.default_rng(0)
     x, y = rng.random((64, 4), dtype=np.float32), rng.integers(0, 3, 64)
     targets = np.concatenate([y[:, None], rng.normal(size=(64, 3))], axis=1).astype(np.float32)  # label, teacher logits
-    module = Distiller(build_backbone({"kind": "mlp", "hidden": 8, "depth": 1}, (4,)), None, 3, ADAM | {"lr": 1e30})
+    module = Distiller(_mlp(4, 3, 8), None, ADAM | {"lr": 1e30})
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
                          num_sanity_val_steps=0)
     with pytest.raises(Diverged, match=r"^stopped at epoch 1 of 2: the mean training loss is nan$"):

@@ -232,7 +232,7 @@ def test_distiller_gives_the_same_loss_with_a_live_or_a_precomputed_teacher(tiny
     student = ModelSpec({"kind": "cnn", "widths": [4], "hidden": 8, "dropout": 0.0}, spec.in_shape, spec.classes, {}).build()
     labels = torch.as_tensor(np.where(np.arange(16) % 2 == 0, y[:16], -1))
     batch = torch.as_tensor(x[:16])
-    live = Distiller(student.backbone, network, 3, {"name": "adam", "lr": 0.01, "weight_decay": 0.0}).eval()
+    live = Distiller(student, network, {"name": "adam", "lr": 0.01, "weight_decay": 0.0}).eval()
     packed = torch.cat([labels[:, None].float(), torch.as_tensor(export.torch_logits(network, x[:16]))], dim=1)
     a = live.training_step((batch, labels), 0)
     b = live.training_step((batch, packed), 0)
@@ -244,7 +244,7 @@ def test_a_diverged_distillation_is_one_line_naming_the_compress_block(monkeypat
 
     from prefect.context import TaskRunContext
 
-    from lightning_modules.backbones import build_backbone
+    from lightning_modules.backbones import Network, build_backbone
     from lightning_modules.distill import Distiller
     from tasks.train import fit
 
@@ -255,7 +255,7 @@ def test_a_diverged_distillation_is_one_line_naming_the_compress_block(monkeypat
     x, y = rng.random((64, 4), dtype=np.float32), rng.integers(0, 3, 64)
     targets = np.concatenate([y[:, None], rng.normal(size=(64, 3))], axis=1).astype(np.float32)  # label, teacher logits
     adam = {"name": "adam", "lr": 1e30, "weight_decay": 0.0, "momentum": 0.9}
-    module = Distiller(build_backbone({"kind": "mlp", "hidden": 8, "depth": 1}, (4,)), None, 3, adam)
+    module = Distiller(Network(build_backbone({"kind": "mlp", "hidden": 8, "depth": 1}, (4,)), 3), None, adam)
     with pytest.raises(UserError) as error:
         fit(module, {"train": (x, targets), "val": (x, y)}, TrainerConfig(max_epochs=2, batch_size=16, accelerator="cpu"), 0)
     assert str(error.value).startswith("distillation stopped at epoch 1 of 2: the mean training loss is nan; ")

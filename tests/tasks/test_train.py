@@ -29,7 +29,8 @@ def _digits(n: int = 600, seed: int = 0) -> dict:
 
 
 def _spec(kind: str = "cnn", in_shape=(1, 8, 8), classes=tuple(range(10)), task="classification", **backbone) -> ModelSpec:
-    own = {"mlp": {"widths": [8, 16], "hidden": 16}, "cnn": {"widths": [8, 16], "hidden": 16}, "rnn": {"hidden": 16, "layers": 1, "embed": 8},
+    own = {"mlp": {"widths": [8, 16], "hidden": 16}, "cnn": {"widths": [8, 16], "hidden": 16},
+           "rnn": {"hidden": 16, "layers": 1, "embed": 8},
            "transformer": {"d_model": 16, "heads": 2, "layers": 1}}[kind]  # a key another kind reads is refused
     cfg = BackboneConfig(kind=kind, dropout=0.2, **own).model_copy(update=backbone)
     vocab = backbone.get("vocab")
@@ -64,7 +65,8 @@ def test_preflight_says_what_was_asked_found_and_will_run():
     line = preflight(TrainerConfig(accelerator="cpu", devices=2, strategy="ddp", precision="bf16-mixed"))
     assert line.startswith("preflight: asked accelerator=cpu devices=2 precision=bf16-mixed strategy=ddp; found ")
     assert line.endswith("will train on ddp_spawn over 2 process(es) with bf16-mixed")  # ddp would re-run the stage per rank
-    assert preflight(TrainerConfig(accelerator="auto")).endswith("will train on one cpu with 32-true") or torch.cuda.is_available()
+    line = preflight(TrainerConfig(accelerator="auto"))
+    assert line.endswith("will train on one cpu with 32-true") or torch.cuda.is_available()
 
 
 # ---------------------------------------------------------------------------- training controls
@@ -81,7 +83,8 @@ def test_sequence_backbones_train_on_token_ids(kind):
     ids = np.where(np.arange(12) < lengths[:, None], rng.integers(1, 30, (96, 12)), 0).astype(np.float32)
     y = (ids[:, 0] > 15).astype(np.int64)  # the first token decides the class
     arrays = {"train": (ids[:64], y[:64]), "val": (ids[64:], y[64:])}
-    result = fit_classifier.fn(arrays, _spec(kind, (12,), (0, 1), vocab=30), OptimizerConfig(lr=0.01), _trainer(max_epochs=2), seed=0)
+    spec = _spec(kind, (12,), (0, 1), vocab=30)
+    result = fit_classifier.fn(arrays, spec, OptimizerConfig(lr=0.01), _trainer(max_epochs=2), seed=0)
     assert "backbone.input.embed.weight" in result.state and result.val_metrics["val/loss"] > 0
 
 
@@ -96,7 +99,8 @@ def test_optimisers_schedules_and_regularisation_from_params():
 def test_binary_and_regression_from_the_same_function():
     arrays = _digits(200)
     binary = {s: (x, (y >= 5).astype(np.int64)) for s, (x, y) in arrays.items()}
-    result = fit_classifier.fn(binary, _spec(classes=(0, 1), task="binary"), OptimizerConfig(), _trainer(max_epochs=1), 0, [1.0, 2.0])
+    spec = _spec(classes=(0, 1), task="binary")
+    result = fit_classifier.fn(binary, spec, OptimizerConfig(), _trainer(max_epochs=1), 0, [1.0, 2.0])
     assert result.state["head.weight"].shape[0] == 1 and "val/acc" in result.val_metrics
     regression = {s: (x, y.astype(np.float32)) for s, (x, y) in arrays.items()}
     result = fit_classifier.fn(regression, _spec(classes=(), task="regression"), OptimizerConfig(), _trainer(max_epochs=1), 0)
@@ -170,10 +174,11 @@ def test_other_params_never_resume_a_stale_checkpoint(tmp_path):
 
 def test_restore_best_and_early_stopping(tmp_path):
     trainer = _trainer(max_epochs=4, early_stopping_patience=1, restore_best=True)
-    result = fit_classifier.fn(_digits(200), _spec(), OptimizerConfig(lr=0.5, name="sgd"), trainer, seed=0, checkpoint_dir=tmp_path)
+    optimizer = OptimizerConfig(lr=0.5, name="sgd")
+    result = fit_classifier.fn(_digits(200), _spec(), optimizer, trainer, seed=0, checkpoint_dir=tmp_path)
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     best = torch.load(folder / "best.ckpt", weights_only=True)["state_dict"]
-    assert all(torch.equal(best[k], v) for k, v in result.state.items())
+    assert all(torch.equal(best[f"network.{k}"], v) for k, v in result.state.items())  # the module holds the network
     losses = [row["val/loss"] for row in result.history]
     assert len(losses) == 4 or losses[-1] >= min(losses[:-1])  # stopped only after a worse epoch
 
