@@ -37,6 +37,9 @@ class Classifier(EpochMeans, pl.LightningModule):
         if weights is not None and self.task == "binary":  # BCE weighs the positive class against the negative one
             weights = (weights[1] / weights[0]).reshape(1)
         self.register_buffer("class_weights", weights, persistent=False)
+        # The backbone's optimizer groups when a transfer schedule sets them (lightning_modules.transfer.TransferSchedule,
+        # before the optimizer is built); otherwise one group at lr x backbone_lr_ratio.
+        self.backbone_groups: list[dict] | None = None
         if backbone_lr_ratio == 0:  # linear probe: the backbone is a fixed feature extractor
             self.backbone.requires_grad_(False)
 
@@ -105,7 +108,9 @@ class Classifier(EpochMeans, pl.LightningModule):
     def configure_optimizers(self):
         o = self.hparams.optimizer
         groups = [{"params": self.head.parameters(), "lr": o["lr"]}]
-        if self.hparams.backbone_lr_ratio > 0:
+        if self.backbone_groups is not None:
+            groups += self.backbone_groups
+        elif self.hparams.backbone_lr_ratio > 0:
             groups.append({"params": self.backbone.parameters(), "lr": o["lr"] * self.hparams.backbone_lr_ratio})
         optimizer = OPTIMIZERS[o["name"]](groups, o)
         steps, epochs = self.trainer.estimated_stepping_batches, self.trainer.max_epochs

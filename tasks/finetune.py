@@ -82,7 +82,7 @@ def run(params: Params, data: FinetuneData, on_epoch: Callable[[int, int, dict],
     fit, transfer = (plain, {"loaded": [], "mismatched": [], "skipped": [], "missing": "all"}) if data.start.weights is None \
         else _transfer(params, data, plain)
     resume_key = {"schedule": transfer.get("schedule"), "batchnorm": cfg.batchnorm}
-    # With a source, the optimizer starts with the head only and the schedule adds backbone groups.
+    # With a source, the schedule (TransferSchedule) gives the optimizer its backbone groups, frozen until their epoch.
     tuned = fit_classifier(fit.arrays, fit.spec, cfg.optimizer, cfg.trainer, cfg.seed, fit.weights, fit.init_state,
                            0.0 if data.start.weights is not None else 1.0, on_epoch=on_epoch, callbacks=fit.callbacks,
                            checkpoint_dir=checkpoint_dir, run_settings=resume_key)

@@ -102,7 +102,8 @@ def test_joint_head_starts_from_the_source_rows_and_is_cut_to_the_target_classes
     seeded = seed_joint_head(state, source, [0, 1])
     assert seeded["head.weight"][:2].eq(1).all() and seeded["head.weight"][2].eq(0).all() and state["head.weight"].eq(0).all()
     kept = keep_classes(seeded, [2])
-    assert kept["head.weight"].shape == (1, 4) and kept["head.bias"].tolist() == [0.0] and kept["backbone.w"] is state["backbone.w"]
+    assert kept["head.weight"].shape == (1, 4) and kept["head.bias"].tolist() == [0.0]
+    assert kept["backbone.w"] is state["backbone.w"]
 
 
 # ------------------------------------------------------------------------------------ schedule
@@ -116,7 +117,8 @@ def test_schedule_per_strategy():
 
 
 def test_reinit_top_groups_train_from_the_start_at_the_head_rate():
-    at, lrs = schedule(FinetuneConfig(strategy="probe_then_full", unfreeze_at_epoch=4, backbone_lr_ratio=0.1, reinit_top=1), 3, 1.0)
+    cfg = FinetuneConfig(strategy="probe_then_full", unfreeze_at_epoch=4, backbone_lr_ratio=0.1, reinit_top=1)
+    at, lrs = schedule(cfg, 3, 1.0)
     assert at == [4, 4, 0] and lrs == [0.1, 0.1, 1.0]
     assert schedule(FinetuneConfig(strategy="linear_probe", reinit_top=2), 3, 1.0)[0] == [None, 0, 0]
     with pytest.raises(UserError, match="finetune.reinit_top: 3 must be below"):
@@ -173,19 +175,59 @@ class LearningRates(pl.Callback):
 
 
 @pytest.mark.parametrize("scheduler", [{"name": "cosine"}, {"name": "step", "step_size": 1, "gamma": 0.5},
-                                       {"name": "none", "warmup_steps": 4}, {"name": "onecycle"}, {"name": "plateau", "patience": 0}])
-def test_groups_unfrozen_mid_run_follow_the_learning_rate_schedule(scheduler):
-    # probe_then_full: the three backbone groups join at epoch 1 (batch 4 of 6) at lr x 0.5 and
-    # must then move with the head's rate; without join_schedules they stay at 0.005 (or one-cycle fails)
+                                       {"name": "none", "warmup_steps": 4}, {"name": "onecycle"},
+                                       {"name": "plateau", "patience": 0}])
+def test_frozen_groups_are_in_the_optimizer_and_its_schedule_from_the_first_step(scheduler):
+    # probe_then_full: the three backbone groups train from epoch 1 (batch 4 of 6) at lr x 0.5; their
+    # optimizer groups exist from the first step, so every schedule moves them with the head's rate
     cfg = FinetuneConfig(strategy="probe_then_full", unfreeze_at_epoch=1, backbone_lr_ratio=0.5,
                          optimizer=OptimizerConfig(name="adam", lr=0.01, scheduler=scheduler))
     rates = LearningRates()
     _fit(cfg, [rates])
-    assert [len(row) for row in rates.rows] == [1, 1, 1, 4, 4, 4]
-    for row in rates.rows[3:]:
+    assert [len(row) for row in rates.rows] == [4] * 6
+    for row in rates.rows:
         assert row[1:] == pytest.approx([row[0] * 0.5] * 3)
     if scheduler["name"] != "plateau":  # the others change the rate within the run
         assert len({row[0] for row in rates.rows}) > 1
+
+
+class Snapshots(pl.Callback):
+    """The backbone's parameters after each epoch, and the optimizer's groups at the first step."""
+
+    def __init__(self):
+        self.after, self.first_groups = [], None
+
+    def on_train_batch_start(self, trainer, pl_module, *args):
+        if self.first_groups is None:
+            self.first_groups = [{id(p) for p in group["params"]} for group in trainer.optimizers[0].param_groups]
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.after.append({k: v.detach().clone() for k, v in pl_module.backbone.named_parameters()})
+
+
+def test_a_frozen_group_stays_unchanged_before_its_epoch_and_trains_from_it():
+    # gradual, top down: group 2 (dense) from epoch 1, group 1 from epoch 2, group 0 from epoch 3 (after this run)
+    cfg = FinetuneConfig(strategy="gradual", unfreeze_at_epoch=1, unfreeze_every=1,
+                         optimizer=OptimizerConfig(name="adam", lr=0.01, scheduler={"name": "cosine"}))
+    snapshots = Snapshots()
+    init, _ = transfer_state(_source_state(), SPEC.build(), ("head.",))
+    network = SPEC.build()
+    groups = layer_groups(network.backbone)
+    unfreeze_at, lrs = schedule(cfg, len(groups), cfg.optimizer.lr)
+    assert unfreeze_at == [3, 2, 1]
+    fit_classifier.fn(_arrays(), SPEC, cfg.optimizer, TRAINER.model_copy(update={"max_epochs": 3}), 0, None, init, 0.0,
+                      callbacks=[TransferSchedule(unfreeze_at, lrs), snapshots])
+    names = {id(p): f"backbone.{n}" for n, p in network.backbone.named_parameters()}
+    params = [{names[id(p)] for m in group for p in m.parameters()} for group in groups]
+    # the head, then the groups in the order they unfreeze (2, 1, 0), all there from the first step
+    assert [len(group) for group in snapshots.first_groups[1:]] == [len(params[i]) for i in (2, 1, 0)]
+    before = [{k.removeprefix("backbone."): init[k] for k in group} for group in params]
+    after = snapshots.after  # after epochs 0, 1, 2
+    for i, at in enumerate(unfreeze_at):
+        for epoch in range(3):
+            previous = before[i] if epoch == 0 else {k: after[epoch - 1][k] for k in before[i]}
+            moved = any(not torch.equal(previous[k], after[epoch][k]) for k in before[i])
+            assert moved == (epoch >= at), (i, epoch)
 
 
 # ------------------------------------------------------------------------------- weights files
@@ -289,7 +331,7 @@ class _CrashAt(pl.Callback):
 
 
 def test_an_interrupted_gradual_fine_tune_resumes_to_the_uninterrupted_weights(tmp_path):
-    # with a cosine schedule: the groups unfrozen before the crash rejoin it before its state is restored
+    # with a cosine schedule: every group is in the optimizer from the start, so its state loads as saved
     cfg = FinetuneConfig(strategy="gradual", unfreeze_at_epoch=1, unfreeze_every=1,
                          optimizer=OptimizerConfig(name="adam", lr=0.002, scheduler={"name": "cosine"}))
     init, _ = transfer_state(_source_state(), SPEC.build(), ("head.",))
@@ -334,6 +376,8 @@ def test_run_fine_tunes_from_the_train_model_and_returns_its_labelled_ids(params
 
     assert list(result.labelled.columns) == [params.data.id] and len(result.labelled) == 5 * params.finetune.labels_per_class
     assert set(result.labelled[params.data.id]) <= set(pool[params.data.id])
-    assert result.transfer["missing"] == ["head.bias", "head.weight"] and result.transfer["replay"]["joint_classes"] == list(range(10))
+    assert result.transfer["missing"] == ["head.bias", "head.weight"]
+    assert result.transfer["replay"]["joint_classes"] == list(range(10))
     assert result.tuned.state["head.weight"].shape[0] == 5 and result.spec.classes == [5, 6, 7, 8, 9]  # the joint head cut
-    assert result.scratch is not None and result.summary["training_rows"] == (params.finetune.augment_copies + 1) * 25 + result.transfer["replay"]["rows"]
+    rows = (params.finetune.augment_copies + 1) * 25 + result.transfer["replay"]["rows"]
+    assert result.scratch is not None and result.summary["training_rows"] == rows
