@@ -239,7 +239,8 @@ def slice_metrics(probs: np.ndarray, y: np.ndarray, frame: pd.DataFrame, slices:
     pred, bad = probs.argmax(axis=1), _nonfinite_rows(probs)  # argmax ranks NaN first: such a row's class means nothing
     for s in slices:
         if s.column not in frame:
-            raise UserError(f"evaluate.slices: column '{s.column}' is not in the test split (columns: {', '.join(list(frame.columns)[:8])}, ...)")
+            shown = ", ".join(list(frame.columns)[:8])
+            raise UserError(f"evaluate.slices: column '{s.column}' is not in the test split (columns: {shown}, ...)")
         column = frame[s.column].to_numpy()
         values = s.values if s.values is not None else sorted(pd.unique(column).tolist(), key=str)
         for value in values:
@@ -271,7 +272,8 @@ def evaluation_markdown(metrics: dict, baseline: dict | None, model_path: str, s
     lines += ["| metric | model |" + (" from scratch |" if baseline else ""), "|---|---:|" + ("---:|" if baseline else "")]
     for name in names:
         other = baseline.get(name) if baseline else None
-        lines.append(f"| {name} | {_cell(metrics[name])} |" + ((f" {_cell(other)} |" if other is not None else " |") if baseline else ""))
+        beside = (f" {_cell(other)} |" if other is not None else " |") if baseline else ""
+        lines.append(f"| {name} | {_cell(metrics[name])} |" + beside)
     if "per_class" in metrics:
         lines += ["", "| class | precision | recall | F1 | ROC-AUC | support |", "|---|---:|---:|---:|---:|---:|"]
         for c, v in metrics["per_class"].items():

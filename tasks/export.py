@@ -13,10 +13,10 @@ Pure apart from temporary files that onnx and onnxruntime need; flows/compress.p
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
-from contextlib import contextmanager
 import tempfile
 import warnings
+from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -215,7 +215,8 @@ def onnx_session(model: bytes, threads: int = 1):
 
 def onnx_logits(session, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: x[i:i + batch_size].astype(np.float32)})[0] for i in range(0, len(x), batch_size)])
+    return np.concatenate([session.run(None, {name: x[i:i + batch_size].astype(np.float32)})[0]
+                           for i in range(0, len(x), batch_size)])
 
 
 def parity(reference: np.ndarray, candidate: np.ndarray) -> dict:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import task
@@ -97,8 +97,9 @@ def promote(metrics: dict, model_dir: Path, cfg: GateConfig) -> dict:
     """Record the evaluated model as the champion (only called when the gate passed)."""
     broken = not_finite(metrics)
     if broken:  # promotion_verdict() never passes such a model; a caller that skipped it must not crown it either
-        raise UserError(f"gate: not promoting {model_dir}: metrics not finite ({', '.join(f'{k} {v}' for k, v in broken.items())})")
+        shown = ", ".join(f"{k} {v}" for k, v in broken.items())
+        raise UserError(f"gate: not promoting {model_dir}: metrics not finite ({shown})")
     record = {"metrics": metrics, "model": str(model_dir), "weights_sha256": weights_digest(model_dir),
-              "promoted_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+              "promoted_at": datetime.now(UTC).isoformat(timespec="seconds")}
     save_json(record, Path(cfg.champion) / "metrics.json")
     return record

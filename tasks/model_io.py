@@ -37,14 +37,16 @@ class ModelSpec:
         return Network(build_backbone(self.backbone, self.in_shape), len(self.classes), self.task)
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "backbone": self.backbone, "in_shape": list(self.in_shape), "classes": self.classes, **self.extra}
+        return {"format": FORMAT, "backbone": self.backbone, "in_shape": list(self.in_shape), "classes": self.classes,
+                **self.extra}
 
     @classmethod
     def from_json(cls, blob: dict[str, Any]) -> ModelSpec:
         if blob.get("format") != FORMAT:
             raise UserError(f"model spec format {blob.get('format')!r} is not {FORMAT!r}")
         known = {"format", "backbone", "in_shape", "classes"}
-        return cls(blob["backbone"], tuple(blob["in_shape"]), list(blob["classes"]), {k: v for k, v in blob.items() if k not in known})
+        extra = {k: v for k, v in blob.items() if k not in known}
+        return cls(blob["backbone"], tuple(blob["in_shape"]), list(blob["classes"]), extra)
 
 
 def save_model(state: dict[str, torch.Tensor], spec: ModelSpec, folder: str | Path) -> None:
@@ -73,5 +75,6 @@ def load_model(folder: str | Path) -> tuple[Network, ModelSpec]:
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise UserError(f"{folder / 'model.safetensors'}: weights do not fit the spec in model.json ({str(e).splitlines()[0]})") from None
+        first = str(e).splitlines()[0]
+        raise UserError(f"{folder / 'model.safetensors'}: weights do not fit the spec in model.json ({first})") from None
     return network.eval(), spec

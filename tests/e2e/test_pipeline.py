@@ -23,7 +23,8 @@ def repo(tmp_path_factory):
     (root / "params.yaml").write_text(yaml.safe_dump(shrunk_params_dict(), sort_keys=False))
     (root / "dvc.lock").unlink(missing_ok=True)
     env = _env(root)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+    commit = ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], commit):
         subprocess.run(cmd, cwd=root, check=True, env=env)
     yield root
     subprocess.run([sys.executable, "-m", "flows._server", "stop"], cwd=root, env=env, capture_output=True)

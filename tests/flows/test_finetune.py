@@ -41,7 +41,8 @@ def test_weights_file_gradual_unfreezing_then_the_gate(prefect_harness, project)
     summary = finetune(params)
     transfer = json.loads((project / "reports/finetune/transfer.json").read_text())
     assert transfer["init_from"] == "mine.pth" and "backbone.features.0.weight" in transfer["loaded"]
-    assert transfer["missing"] == ["head.bias", "head.weight"] and transfer["mismatched"] == ["head.bias", "head.weight"]  # a 10-class head vs 5 classes
+    # a 10-class head vs 5 classes
+    assert transfer["missing"] == ["head.bias", "head.weight"] and transfer["mismatched"] == ["head.bias", "head.weight"]
     assert [g["unfreeze_at_epoch"] for g in transfer["schedule"]] == [2, 1, 0]  # top group first
     assert summary["training_rows"] == 2 * summary["labelled_rows"]
     assert not (project / "models/finetune/scratch/model.json").exists()
