@@ -64,7 +64,7 @@ def mnist() -> tuple[np.ndarray, np.ndarray, ModelSpec]:
 def tabular(n: int = 6400, features: int = 8) -> tuple[np.ndarray, np.ndarray, ModelSpec]:
     """A small MLP on random features: its step is so cheap that Lightning's fixed cost a step shows."""
     x = np.random.default_rng(0).random((n, features), dtype=np.float32)
-    spec = ModelSpec(backbone_spec(BackboneConfig(kind="mlp", widths=[8], hidden=8, dropout=0.0)), (features,), [0, 1],
+    spec = ModelSpec(backbone_spec(BackboneConfig(kind="mlp", widths=[8], dropout=0.0)), (features,), [0, 1],
                      {"task": "classification"})
     return x, (x[:, 0] > 0.5).astype(np.int64), spec
 

@@ -21,13 +21,17 @@ from lightning_modules.transformer import Transformer
 
 
 class MLP(nn.Module):
-    def __init__(self, in_shape: tuple[int, ...], hidden: int = 128, depth: int = 2, dropout: float = 0.0):
+    """Linear-ReLU-Dropout layers, one a width. `hidden` x `depth` is the same as `widths` of equal
+    entries (how model.json files written before per-layer widths describe theirs)."""
+
+    def __init__(self, in_shape: tuple[int, ...], widths: list[int] | None = None, dropout: float = 0.0,
+                 hidden: int = 128, depth: int = 2):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(in_shape)
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout)]
-            width = hidden
+        for out in widths if widths is not None else [hidden] * depth:
+            layers += [nn.Linear(width, out), nn.ReLU(), nn.Dropout(dropout)]
+            width = out
         self.net = nn.Sequential(*layers)
         self.out_features = width
 

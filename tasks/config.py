@@ -363,22 +363,22 @@ class BatchAugmentConfig(Strict):
 class BackboneConfig(Strict):
     """One block for every backbone; each kind reads the keys its description names.
 
-    mlp: hidden, widths (one hidden layer each), dropout | cnn: widths (conv blocks), pool (the
+    mlp: widths (one hidden layer each, of that width), dropout | cnn: widths (conv blocks), pool (the
     pooled map's side, flattened: 1 is global average pooling), hidden (dense), dropout | rnn: cell,
     hidden, layers, bidirectional, embed, dropout | transformer: d_model, heads, layers, dropout.
     rnn and transformer read images as a sequence of rows, tables as a sequence of features, and
     text (data.modality text) through a learned token embedding.
     """
 
-    keys_for = ("kind", {"widths": ("mlp", "cnn"), "hidden": ("mlp", "cnn", "rnn"), "pool": ("cnn",), "cell": ("rnn",),
+    keys_for = ("kind", {"widths": ("mlp", "cnn"), "hidden": ("cnn", "rnn"), "pool": ("cnn",), "cell": ("rnn",),
                          "bidirectional": ("rnn",), "embed": ("rnn",), "layers": ("rnn", "transformer"),
                          "d_model": ("transformer",), "heads": ("transformer",)})
 
     kind: Literal["mlp", "cnn", "rnn", "transformer"] = Field("cnn", description="The network's family.")
     widths: list[Annotated[int, Field(gt=0)]] = Field(
         default_factory=lambda: [32, 64, 128],
-        description="cnn: channels of each conv-BN-ReLU-pool block; mlp: one hidden layer (of width `hidden`) per entry.")
-    hidden: int = Field(128, gt=0, description="cnn: the dense layer's width; mlp: each hidden layer's; rnn: the state's.")
+        description="cnn: channels of each conv-BN-ReLU-pool block; mlp: the width of each hidden layer.")
+    hidden: int = Field(128, gt=0, description="cnn: the dense layer's width; rnn: the state's.")
     pool: int = Field(
         1, ge=1, description="cnn: side of the pooled map flattened into the dense layer (1: global average pooling).")
     dropout: Annotated[float, Field(ge=0, lt=1)] = Field(0.25, description="Dropout probability (every kind).")
@@ -619,7 +619,8 @@ class DistillConfig(Strict):
     augment_copies: int = Field(
         0, ge=0, description="Extra augmented copies of every pool image (settings: augment), teacher-labelled.")
     optimizer: OptimizerConfig = Field(OptimizerConfig(lr=0.003, weight_decay=0.0001), description="The student's optimiser.")
-    trainer: TrainerConfig = Field(TrainerConfig(max_epochs=15, batch_size=128), description="The student's training loop.")
+    trainer: TrainerConfig = Field(TrainerConfig(max_epochs=15, batch_size=128, logger="none", progress_bar=False),
+                                   description="The student's training loop.")
 
 
 class BudgetConfig(Strict):
@@ -674,7 +675,8 @@ class CompressConfig(Strict):
     prune_optimizer: OptimizerConfig = Field(
         OptimizerConfig(lr=0.0005, weight_decay=0.0), description="The pruning fine-tunes' optimiser.")
     prune_trainer: TrainerConfig = Field(
-        TrainerConfig(batch_size=64), description="The pruning fine-tunes' loop; its epochs are each entry's finetune_epochs.")
+        TrainerConfig(batch_size=64, logger="none", progress_bar=False),
+        description="The pruning fine-tunes' loop; its epochs are each entry's finetune_epochs.")
     distill: DistillConfig | None = Field(DistillConfig(), description="The distilled student (null: none).")
     budgets: BudgetConfig = Field(BudgetConfig(), description="What a candidate must meet.")
     select: Literal["smallest", "fastest", "most_accurate"] = Field(
@@ -687,12 +689,24 @@ class CompressConfig(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _prune_epochs_come_from_each_entry(cls, data: Any) -> Any:
-        trainer = data.get("prune_trainer") if isinstance(data, dict) else None
-        if isinstance(trainer, dict) and "max_epochs" in trainer:
-            raise ValueError("prune_trainer.max_epochs does nothing: each compress.prune entry's finetune_epochs sets "
-                             "its epochs: remove it")
+    def _no_key_compress_ignores(cls, data: Any) -> Any:
+        for path, why in COMPRESS_IGNORES.items():
+            node = data
+            for part in path[:-1]:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict) and path[-1] in node:
+                raise ValueError(f"{'.'.join(path)} does nothing: {why}: remove it")
         return data
+
+
+# Keys of the blocks compress reuses that its fits do not read, and why.
+COMPRESS_IGNORES = {
+    ("prune_trainer", "max_epochs"): "each compress.prune entry's finetune_epochs sets its epochs",
+    ("prune_trainer", "logger"): "candidate fits log no curves (reports/compress/candidates.json is their record)",
+    ("distill", "trainer", "logger"): "candidate fits log no curves (reports/compress/candidates.json is their record)",
+    ("distill", "optimizer", "scheduler"): "the student trains at a constant learning rate",
+    ("distill", "optimizer", "l1"): "the student's loss has no L1 term",
+}
 
 
 class Params(Strict):

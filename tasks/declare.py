@@ -273,7 +273,7 @@ def _params_text(frame: pd.DataFrame, source: Path, label: str, id_column: str |
         "train:",
         "  dataset: source",
         "  seed: 42",
-        "  backbone: {kind: mlp, widths: [64, 64], hidden: 64, dropout: 0.2}  # a table: two hidden layers of 64",
+        "  backbone: {kind: mlp, widths: [64, 64], dropout: 0.2}  # a table: two hidden layers of 64",
         "  optimizer: {name: adam, lr: 0.003, weight_decay: 0.0001}",
         f"  trainer: {{max_epochs: {epochs}, batch_size: {batch}, early_stopping_patience: 10, restore_best: true}}"
         f"  # {rows} rows",

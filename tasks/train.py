@@ -291,7 +291,7 @@ def backbone_spec(cfg: BackboneConfig, data: DataConfig | None = None, vocab: in
     if cfg.kind in ("mlp", "cnn") and vocab:
         raise UserError(f"train.backbone.kind: {cfg.kind} cannot read token ids (data.modality: text); use rnn or transformer")
     if cfg.kind == "mlp":
-        return {"kind": "mlp", "hidden": cfg.hidden, "depth": len(cfg.widths), "dropout": cfg.dropout}
+        return {"kind": "mlp", "widths": list(cfg.widths), "dropout": cfg.dropout}
     if cfg.kind == "cnn":
         return {"kind": "cnn", "widths": list(cfg.widths), "hidden": cfg.hidden, "dropout": cfg.dropout, "pool": cfg.pool}
     tokens = {"vocab_size": vocab, "pad_id": data.pad_id} if vocab else {}

@@ -12,7 +12,7 @@ from tasks.config import parse_params
 from tests.conftest import shrunk_params_dict
 
 BACKBONES = {
-    "mlp": {"kind": "mlp", "widths": [32], "hidden": 32},
+    "mlp": {"kind": "mlp", "widths": [32]},
     "cnn": {"kind": "cnn", "widths": [8, 16], "hidden": 16},
     "rnn": {"kind": "rnn", "cell": "gru", "hidden": 16, "layers": 1, "bidirectional": True, "embed": 16},
     "transformer": {"kind": "transformer", "d_model": 16, "heads": 2, "layers": 1},

@@ -108,6 +108,11 @@ def test_a_partly_written_block_keeps_its_defaults_other_settings():
     ({"compress": {"prune_trainer": {"max_epochs": 9}}},
      "params.yaml: compress: prune_trainer.max_epochs does nothing: each compress.prune entry's finetune_epochs sets its "
      "epochs: remove it"),
+    ({"compress": {"distill": {"optimizer": {"scheduler": {"name": "cosine"}}}}},
+     "params.yaml: compress: distill.optimizer.scheduler does nothing: the student trains at a constant learning rate: "
+     "remove it"),
+    ({"train": {"backbone": {"kind": "mlp", "widths": [64], "hidden": 64}}},
+     "params.yaml: train.backbone: hidden does nothing with kind: mlp (read by cnn and rnn only): remove it"),
 ])
 def test_a_key_that_does_nothing_for_its_choice_is_one_line(raw, line):
     with pytest.raises(ConfigError) as error:
