@@ -29,7 +29,7 @@ def _digits(n: int = 600, seed: int = 0) -> dict:
 
 
 def _spec(kind: str = "cnn", in_shape=(1, 8, 8), classes=tuple(range(10)), task="classification", **backbone) -> ModelSpec:
-    own = {"mlp": {"widths": [8, 16], "hidden": 16}, "cnn": {"widths": [8, 16], "hidden": 16},
+    own = {"mlp": {"widths": [16, 16]}, "cnn": {"widths": [8, 16], "hidden": 16},
            "rnn": {"hidden": 16, "layers": 1, "embed": 8},
            "transformer": {"d_model": 16, "heads": 2, "layers": 1}}[kind]  # a key another kind reads is refused
     cfg = BackboneConfig(kind=kind, dropout=0.2, **own).model_copy(update=backbone)
