@@ -64,7 +64,9 @@ def apply_overrides(overrides: list[str], path: Path = PARAMS) -> None:
     try:
         shutil.copyfile(path, trial)
         try:
-            dvc_apply_overrides(trial, list(overrides))
+            # `++key=value` sets a key whether or not params.yaml writes it: the file holds only what the
+            # project chooses, every other key has its default (with `dvc exp run -S`, write `+key=value`).
+            dvc_apply_overrides(trial, [o if o.startswith(("+", "~")) else f"++{o}" for o in overrides])
         except InvalidArgumentError as e:
             raise UserError(f"{shown}: {' '.join(str(e.__cause__ or e).split())}") from None
         parse_params(yaml.safe_load(trial.read_text(encoding="utf-8")) or {}, source=shown)
