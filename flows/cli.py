@@ -28,18 +28,59 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("--data", type=Path, required=True,
                       help="a CSV or Parquet file, or a folder of images with one subfolder per class")
     init.add_argument("--label", default="label", help="the column to predict (tables)")
+    init.add_argument("--task", choices=("classification", "regression"),
+                      help="what the label is (default: inferred; a fractional or many-valued number is regression)")
+    init.add_argument("--init-from", metavar="WEIGHTS",
+                      help="fine-tune from these weights instead of training from scratch: package:efficientnet-lite0 "
+                           "(images), package:all-minilm-l6-v2, or a .safetensors file for the declared network")
     init.add_argument("--force", action="store_true", help="replace params.yaml and dvc.yaml of an existing project")
+    stages = commands.add_parser("stages", help="rewrite dvc.yaml's trainflow stages from params.yaml",
+                                 description=write_stages.__doc__)
+    stages.add_argument("folder", type=Path, nargs="?", default=Path("."), help="the project folder (default: here)")
+    stages.add_argument("--check", action="store_true", help="change nothing; exit 1 if dvc.yaml is not current")
     args = parser.parse_args(argv)
     try:
-        lines = init_project(args.folder, args.data, args.label, args.force)
+        if args.command == "stages":
+            current = write_stages(args.folder, check=args.check)
+            state = "current" if current else "NOT current: run trainflow stages" if args.check else "rewritten"
+            print(f"{args.folder / 'dvc.yaml'}: {state}")
+            return 0 if current or not args.check else 1
+        lines = init_project(args.folder, args.data, args.label, args.force, args.task, args.init_from)
     except UserError as e:
-        print(f"error: trainflow init: {e}", file=sys.stderr)
+        print(f"error: trainflow {args.command}: {e}", file=sys.stderr)
         return 2
     print("\n".join(lines))
     return 0
 
 
-def init_project(folder: Path, data: Path, label: str, force: bool = False) -> list[str]:
+def write_stages(folder: Path, check: bool = False) -> bool:
+    """Rewrite the trainflow stages of FOLDER/dvc.yaml from its params.yaml (after editing params:
+    a compress block adds the compress stage, a finetune from a packaged model drops train), keeping
+    the project's own stages as they are. Returns whether the file was already current."""
+    import yaml
+
+    from tasks.config import load_params
+    from tasks.declare import HEADER, PACKAGE_STAGES, project_stages, stages_yaml
+    from tasks.io import save_text
+
+    params_file, dvc_file = folder / "params.yaml", folder / "dvc.yaml"
+    written = yaml.safe_load(params_file.read_text(encoding="utf-8")) if params_file.exists() else None
+    params = load_params(params_file)
+    old = dvc_file.read_text(encoding="utf-8") if dvc_file.exists() else ""
+    own = {name: stage for name, stage in ((yaml.safe_load(old) or {}).get("stages") or {}).items()
+           if name not in PACKAGE_STAGES}
+    text = HEADER + "stages:\n" + stages_yaml(project_stages(params, written or {}))
+    if own:
+        text += "\n  # This project's own stages (trainflow stages keeps them as they are).\n" + stages_yaml(own)
+    if text == old:
+        return True
+    if not check:
+        save_text(text, dvc_file)
+    return False
+
+
+def init_project(folder: Path, data: Path, label: str, force: bool = False, task: str | None = None,
+                 init_from: str | None = None) -> list[str]:
     """Infer the declaration from the data and write the project; returns what to tell the user."""
     from tasks.config import SourceConfig, load_params
     from tasks.declare import declare, declare_images, image_folder
@@ -49,9 +90,19 @@ def init_project(folder: Path, data: Path, label: str, force: bool = False) -> l
     if existing and not force:
         raise UserError(f"{folder}: already holds {' and '.join(existing)}: choose another folder, or --force to replace them")
     copy = Path("data") / data.name
+    versioned = [copy]
+    weights = None
+    if init_from and not init_from.startswith("package:") and init_from not in ("train", "scratch"):
+        weights = Path(init_from)  # a weights file: copied in and versioned beside the data
+        if not weights.is_file():
+            raise UserError(f"--init-from {init_from}: no such file")
+        init_from = (Path("weights") / weights.name).as_posix()
+        versioned.append(Path(init_from))
     if data.is_dir():  # one subfolder of images per class: copied, with a manifest of path,label
+        if task == "regression":
+            raise UserError(f"{data}: a folder of images is read as one subfolder per class: --task regression needs a table")
         files, shape = image_folder(data)
-        declaration = declare_images(files, shape, copy / "manifest.csv")
+        declaration = declare_images(files, shape, copy / "manifest.csv", init_from)
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copytree(data, folder / copy, dirs_exist_ok=force)
         manifest = "".join(f"{_csv_field(path)},{_csv_field(label)}\n" for path, label in files)
@@ -62,16 +113,19 @@ def init_project(folder: Path, data: Path, label: str, force: bool = False) -> l
             raise UserError(f"{data}: trainflow init reads a .csv or .parquet file, or a folder of images (one subfolder "
                             f"per class)")
         frame = read_source(SourceConfig(kind=kind, path=data), None)
-        declaration = declare(frame, copy, label, kind)
+        declaration = declare(frame, copy, label, kind, task, init_from)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "data").mkdir(exist_ok=True)
         shutil.copyfile(data, folder / copy)  # the user's file stays as it is; DVC versions this copy
+    if weights is not None:
+        (folder / "weights").mkdir(exist_ok=True)
+        shutil.copyfile(weights, folder / init_from)
     (folder / "params.yaml").write_text(declaration.params, encoding="utf-8")
     (folder / "dvc.yaml").write_text(declaration.dvc, encoding="utf-8")
     load_params(folder / "params.yaml")  # what init writes must parse: a failure here is a bug
     _ignore(folder / ".gitignore", IGNORED)
     _ignore(folder / ".dvcignore", ["/.prefect/", "__pycache__/", "*.py[cod]"])
-    _versioned(folder, copy)
+    _versioned(folder, versioned)
     return [f"trainflow init: {folder}", *(f"  {line}" for line in declaration.summary),
             "  params.yaml: the inferred declaration, each choice with its reason (edit freely)",
             f"  {copy}: your data, versioned by DVC ({copy}.dvc)",
@@ -89,7 +143,7 @@ def _ignore(path: Path, patterns: list[str]) -> None:
         path.write_text("\n".join([*have, *missing]) + "\n")
 
 
-def _versioned(folder: Path, data: Path) -> None:
+def _versioned(folder: Path, data: list[Path]) -> None:
     """git and DVC for the folder (kept if there), the data under DVC, and a first commit: dvclive
     needs one, and the project's first state is then a revision to come back to."""
     def run(*cmd: str) -> None:
@@ -102,7 +156,7 @@ def _versioned(folder: Path, data: Path) -> None:
     dvc = (sys.executable, "-m", "dvc")  # this environment's DVC, whether or not it is activated
     if not (folder / ".dvc").exists():
         run(*dvc, "init", "-q")
-    run(*dvc, "add", "-q", str(data))
+    run(*dvc, "add", "-q", *map(str, data))
     run("git", "add", "-A")
     identity = subprocess.run(["git", "config", "user.email"], cwd=folder, capture_output=True).returncode == 0
     who = [] if identity else ["-c", "user.name=trainflow", "-c", "user.email=trainflow@localhost"]

@@ -37,7 +37,7 @@ def repair(params: Params) -> dict:
     save_text(markdown, REPORTS / "repair" / "summary.md")
     create_markdown_artifact(markdown, key="repair-summary", description="What repair changed, per split")
     create_table_artifact([{"dataset": n, "class": c, "before": s["train"]["class_counts_before"].get(c, 0), "after": after}
-                           for n, s in result.summaries.items() for c, after in s["train"]["class_counts_after"].items()],
+                           for n, s in result.summaries.items() for c, after in s["train"].get("class_counts_after", {}).items()],
                           key="class-counts", description="Train class counts before and after repair")
     return result.summaries
 

@@ -96,17 +96,23 @@ class Network(nn.Module):
 
     classification: one logit a class. binary: one logit, returned as the pair (0, z) so that
     softmax gives (1 - sigmoid(z), sigmoid(z)) and every consumer of class logits works unchanged.
-    regression: one output.
+    regression: one output, in the label's units: the head learns the standardised label and
+    `target` = (mean, std) of train's labels maps it back (a label in the thousands would
+    otherwise start every weight far from where it must end).
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, task: str = "classification"):
+    def __init__(self, backbone: nn.Module, num_classes: int, task: str = "classification",
+                 target: tuple[float, float] = (0.0, 1.0)):
         super().__init__()
         self.backbone = backbone
         self.task = task
         self.head = nn.Linear(backbone.out_features, num_classes if task == "classification" else 1)
+        self.target_mean, self.target_std = float(target[0]), float(target[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.head(self.backbone(x))
         if self.task == "binary":
             return torch.cat([torch.zeros_like(z), z], dim=1)
+        if self.task == "regression":
+            return z * self.target_std + self.target_mean
         return z

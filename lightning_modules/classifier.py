@@ -64,8 +64,8 @@ class Classifier(EpochMeans, pl.LightningModule):
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         task = self.task
-        if task == "regression":
-            return F.mse_loss(out.squeeze(1), y.float())
+        if task == "regression":  # in standard deviations of the label: 1.0 is what predicting the mean scores
+            return F.mse_loss(out.squeeze(1), y.float()) / self.network.target_std ** 2
         if y.dim() == 2:  # mixed targets: (label a, label b, weight of b)
             a, b, lam = y[:, 0].long(), y[:, 1].long(), y[:, 2]
             return ((1 - lam) * self._per_sample(out, a) + lam * self._per_sample(out, b)).mean()

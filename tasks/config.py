@@ -82,6 +82,10 @@ class DataConfig(Strict):
         "image", description="image: pixels as feature columns px_0000..; tabular: one column a feature; "
                              "text: token ids as feature columns tok_0000..")
     label: str = Field("label", description="The label column.")
+    task: Literal["classification", "regression"] = Field(
+        "classification", description="classification: the label names a class | regression: the label is a number "
+                                      "(no stratified split, no class repairs; train.loss mse; evaluate reports RMSE, "
+                                      "MAE and R2 against predicting the train mean).")
     id: str = Field("id", description="The row id column; quarantine files and the repair ledger name rows by it.")
     image_shape: tuple[int, int, int] | None = Field(
         (1, 28, 28), description="Images: the (C, H, W) shape the pixel columns px_0000.. fold back into, in this "
@@ -549,7 +553,8 @@ class GateConfig(Strict):
     max: dict[str, float] = Field(
         default_factory=dict, description="Metric -> highest allowed value, e.g. {ece: 0.1}.")
     vs_champion: list[str] = Field(
-        default_factory=lambda: ["accuracy"], description="Metrics on which the model must be no worse than the champion.")
+        default_factory=lambda: ["accuracy"], description="Metrics on which the model must be no worse than the champion "
+                                                          "(data.task regression: rmse unless written).")
     tolerance: Annotated[float, Field(ge=0)] = Field(0.0, description="Allowed drop below the champion.")
     champion: Path = Field(
         Path("champion"), description="Folder of the last promoted model's metrics.json (+ weights hash); git-tracked.")
@@ -724,6 +729,29 @@ class Params(Strict):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _settings_fit_the_task(self) -> Params:
+        """data.task decides what a regression trains and gates on: mse, no class balancing, RMSE
+        against the champion, unless written otherwise; neither task takes the other's loss."""
+        regression = self.data.task == "regression"
+        if regression and self.ingest.datasets:
+            raise ValueError("ingest.datasets carves data sets by class, data.task regression has none: remove it")
+        if regression:
+            if "loss" in self.train.model_fields_set and self.train.loss != "mse":
+                raise ValueError(f"train.loss: {self.train.loss} is for classes, data.task is regression: use mse")
+            if "imbalance" in self.repair.model_fields_set and self.repair.imbalance != "none":
+                raise ValueError(f"repair.imbalance: {self.repair.imbalance} balances classes, data.task is regression: "
+                                 "use none")
+            gate = self.evaluate.gate
+            object.__setattr__(self, "train", self.train.model_copy(update={"loss": "mse"}))
+            object.__setattr__(self, "repair", self.repair.model_copy(update={"imbalance": "none"}))
+            if "vs_champion" not in gate.model_fields_set:
+                gate = gate.model_copy(update={"vs_champion": ["rmse"]})
+                object.__setattr__(self, "evaluate", self.evaluate.model_copy(update={"gate": gate}))
+        elif self.train.loss == "mse":
+            raise ValueError("train.loss: mse is for a numeric label: set data.task: regression")
+        return self
+
     def dataset_names(self) -> list[str]:
         return list(self.ingest.datasets) or ["source"]
 
@@ -791,7 +819,7 @@ def describe_error(error: ValidationError, source: str) -> str:
     message = first["msg"].removeprefix("Value error, ")
     message = message[0].lower() + message[1:]
     if first["type"] == "value_error" and isinstance(given, dict):  # a check across a block: not its contents
-        return f"{source}: {key}: {message}"
+        return f"{source}: {message}" if not loc else f"{source}: {key}: {message}"
     return f"{source}: {key}: got {given!r}; {message}"
 
 

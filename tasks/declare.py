@@ -7,7 +7,12 @@ carries a comment saying what in the data led to it, so the user can judge and e
   that look like sentinels (one repeated value far outside the rest, such as 99999999 or -999);
 - repairs: missing values -> median imputation with indicators, long tails -> IQR clipping,
   class imbalance -> class weights, categories -> one-hot, numbers -> robust scaling;
-- a model that suits a table of this size: an MLP, trained with early stopping.
+- the task: classification, or regression for a label of fractional (or many distinct whole)
+  numbers, which trains with mse and gates on beating the mean;
+- a model that suits a table of this size: an MLP, trained with early stopping (a small CNN for
+  images); with a starting model, a finetune stage beside a from-scratch baseline instead.
+It also writes the dvc.yaml stages any project's params.yaml calls for (`project_stages`), which
+`trainflow stages` rewrites after an edit.
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
+from tasks.config import Params, parse_params
 from tasks.errors import UserError
 
 MAX_CATEGORIES = 50  # more distinct text values than this (and than 5% of rows): free text, left out
 MARGIN = 0.1  # the declared range: the observed one widened by this share of its width on each side
 SENTINELS = (-9, -99, -999, -9999, 999, 9999, 99999, 999999, 9999999, 99999999)
-STAGES = ("ingest", "validate", "repair", "augment", "train", "evaluate")
 
 
 @dataclass
@@ -34,16 +40,20 @@ class Declaration:
     summary: list[str]  # what init tells the user, one line each
 
 
-def declare(frame: pd.DataFrame, source: Path, label: str, kind: str) -> Declaration:
-    """The project for a table read from `source` (a csv or parquet file) with `label` as the target."""
+def declare(frame: pd.DataFrame, source: Path, label: str, kind: str, task: str | None = None,
+            init_from: str | None = None) -> Declaration:
+    """The project for a table read from `source` (a csv or parquet file) with `label` as the target.
+    `task`: classification | regression | None (inferred: see `infer_task`); `init_from`: starting weights
+    for a finetune stage (finetune.init_from), or None to train from scratch."""
     if label not in frame.columns:
         raise UserError(f"{source}: no column '{label}' (--label); columns are {list(map(str, frame.columns))[:12]}")
     labels = frame[label].dropna()
     if labels.nunique() < 2:
-        raise UserError(f"{source}: label column '{label}' has {labels.nunique()} class(es); a classifier needs 2 or more")
-    if pd.api.types.is_float_dtype(labels) and not (labels == labels.round()).all():
-        raise UserError(f"{source}: label column '{label}' holds continuous numbers: trainflow trains classifiers; "
-                        f"bin the values into classes")
+        raise UserError(f"{source}: label column '{label}' has {labels.nunique()} distinct value(s); a model needs 2 or more")
+    task, why = (task, "--task") if task else infer_task(labels)
+    if task == "regression" and not pd.api.types.is_numeric_dtype(labels):
+        raise UserError(f"{source}: --task regression needs a numeric label; column '{label}' holds text "
+                        f"(e.g. {labels.iloc[0]!r})")
     id_column = _id_column(frame, label)
     columns, notes, dropped = {}, {}, []
     for name in frame.columns:
@@ -59,11 +69,25 @@ def declare(frame: pd.DataFrame, source: Path, label: str, kind: str) -> Declara
     if dropped:
         raise UserError(f"{source}: column(s) {dropped[:5]} hold free text (more than {MAX_CATEGORIES} distinct values); "
                         f"drop them from the file or encode them first")
-    params = _params_text(frame, source, label, id_column, kind, columns, notes)
-    counts = labels.value_counts()
-    summary = [f"{len(frame)} rows, {len(columns)} features, label '{label}' with {len(counts)} classes",
+    params = _params_text(frame, source, label, id_column, kind, columns, notes, task, why, init_from)
+    target = (f"a number ({task}: {why})" if task == "regression" else f"with {labels.nunique()} classes")
+    summary = [f"{len(frame)} rows, {len(columns)} features, label '{label}' {target}",
                f"id column: {id_column}" if id_column else "no id column: rows are numbered from 0"]
-    return Declaration(params, dvc_yaml(source, kind), summary)
+    return Declaration(params, dvc_yaml(params), summary)
+
+
+MAX_CLASSES = 20  # a whole-number label with more distinct values than this is taken for a quantity
+
+
+def infer_task(labels: pd.Series) -> tuple[str, str]:
+    """classification or regression, and what in the labels said so."""
+    if not pd.api.types.is_numeric_dtype(labels) or pd.api.types.is_bool_dtype(labels):
+        return "classification", "the label is text"
+    if not (labels == labels.round()).all():
+        return "regression", "the label holds fractional numbers"
+    if labels.nunique() > MAX_CLASSES:
+        return "regression", f"the label holds {labels.nunique()} distinct whole numbers"
+    return "classification", f"the label holds {labels.nunique()} distinct whole numbers"
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -96,7 +120,8 @@ def image_folder(folder: Path) -> tuple[list[tuple[str, str]], tuple[int, int, i
     return files, next(iter(shapes))
 
 
-def declare_images(files: list[tuple[str, str]], shape: tuple[int, int, int], manifest: Path) -> Declaration:
+def declare_images(files: list[tuple[str, str]], shape: tuple[int, int, int], manifest: Path,
+                   init_from: str | None = None) -> Declaration:
     """The project for a folder of images whose manifest (path,label) is at `manifest`."""
     counts = pd.Series([label for _, label in files]).value_counts()
     ratio = counts.max() / counts.min()
@@ -139,13 +164,16 @@ def declare_images(files: list[tuple[str, str]], shape: tuple[int, int, int], ma
         "  optimizer: {name: adam, lr: 0.002, weight_decay: 0.0001}",
         f"  trainer: {{max_epochs: {epochs}, batch_size: 64, early_stopping_patience: 6, restore_best: true}}",
         "",
+        *_finetune_lines(init_from, "  optimizer: {name: adam, lr: 0.002, weight_decay: 0.0001}",
+                         f"  trainer: {{max_epochs: {epochs}, batch_size: 64, early_stopping_patience: 6, restore_best: true}}"),
         "evaluate:",
-        "  model: train",
+        f"  model: {'finetune' if init_from else 'train'}",
         "",
     ]
     summary = [f"{len(files)} images of {height}x{width}, {channels} channel(s), in {len(counts)} classes",
                f"manifest: {manifest.as_posix()}"]
-    return Declaration("\n".join(lines), dvc_yaml(manifest.parent, "image_manifest"), summary)
+    params = "\n".join(lines)
+    return Declaration(params, dvc_yaml(params), summary)
 
 
 def _id_column(frame: pd.DataFrame, label: str) -> str | None:
@@ -216,8 +244,12 @@ def _fmt(value: float) -> str:
 
 
 def _params_text(frame: pd.DataFrame, source: Path, label: str, id_column: str | None, kind: str,
-                 columns: dict, notes: dict) -> str:
+                 columns: dict, notes: dict, task: str, why: str, init_from: str | None) -> str:
+    regression = task == "regression"
     counts = frame[label].value_counts()
+    labels = frame[label].dropna()
+    about_label = (f"{_fmt(labels.min())} .. {_fmt(labels.max())}, mean {_fmt(round(labels.mean(), 4))}" if regression
+                   else ", ".join(f"{k} {v}" for k, v in counts.head(6).items()))
     numeric = [c for c, d in columns.items() if d["dtype"] in ("int", "float")]
     categorical = [c for c, d in columns.items() if d["dtype"] == "category"]
     missing = {c: int(frame[c].isna().sum()) for c in columns if frame[c].isna().any()}
@@ -230,7 +262,8 @@ def _params_text(frame: pd.DataFrame, source: Path, label: str, id_column: str |
         "",
         "data:",
         "  modality: tabular",
-        f"  label: {_yaml(label)}{_comment(', '.join(f'{k} {v}' for k, v in counts.head(6).items()))}",
+        f"  label: {_yaml(label)}{_comment(about_label)}",
+        *([f"  task: regression           # {why}: trained with mse, scored by RMSE, MAE and R2"] if regression else []),
         f"  id: {_yaml(id_column or 'id')}"
         + ("  # unique on every row" if id_column else "  # none in the file: rows are numbered from 0"),
         "  image_shape: null",
@@ -260,8 +293,9 @@ def _params_text(frame: pd.DataFrame, source: Path, label: str, id_column: str |
     lines.append(f"  encode: onehot{_comment(f'{len(categorical)} categorical column(s)')}" if categorical
                  else "  encode: none")
     lines.append("  scale: robust             # median/IQR from train: an MLP learns best from comparable ranges")
-    lines.append(f"  imbalance: class_weight{_comment(f'largest class {ratio:.1f}x the smallest')}" if ratio > 1.5
-                 else f"  imbalance: none{_comment(f'classes within {ratio:.1f}x of each other')}")
+    if not regression:
+        lines.append(f"  imbalance: class_weight{_comment(f'largest class {ratio:.1f}x the smallest')}" if ratio > 1.5
+                     else f"  imbalance: none{_comment(f'classes within {ratio:.1f}x of each other')}")
     epochs = 60 if rows < 2000 else 40 if rows < 20000 else 20
     batch = 64 if rows < 2000 else 256
     lines += [
@@ -278,11 +312,28 @@ def _params_text(frame: pd.DataFrame, source: Path, label: str, id_column: str |
         f"  trainer: {{max_epochs: {epochs}, batch_size: {batch}, early_stopping_patience: 10, restore_best: true}}"
         f"  # {rows} rows",
         "",
+        *_finetune_lines(init_from, "  optimizer: {name: adam, lr: 0.003, weight_decay: 0.0001}",
+                         f"  trainer: {{max_epochs: {epochs}, batch_size: {batch}, early_stopping_patience: 10, "
+                         "restore_best: true}"),
         "evaluate:",
-        "  model: train",
+        f"  model: {'finetune' if init_from else 'train'}",
+        *(["  gate: {min: {r2: 0.0}}    # promote only a model that beats predicting the mean (R2 above 0 on test)"]
+          if regression else []),
         "",
     ]
     return "\n".join(lines)
+
+
+def _finetune_lines(init_from: str | None, optimizer: str, trainer: str) -> list[str]:
+    """--init-from: the model starts from those weights (no train stage), beside the same network
+    trained from scratch on the same rows, so evaluate reports what the start was worth."""
+    if not init_from:
+        return []
+    return ["finetune:", "  dataset: source",
+            f"  init_from: {_yaml(init_from)}  # --init-from: fine-tuned from these weights instead of trained from scratch",
+            "  labels_per_class: null     # every labelled train row",
+            "  baseline: true             # also from scratch on the same rows: evaluate reports the gain",
+            "  backbone_lr_ratio: 1.0", optimizer, trainer, ""]
 
 
 def _comment(text: str) -> str:
@@ -290,30 +341,94 @@ def _comment(text: str) -> str:
 
 
 def _yaml(value) -> str:
-    """A scalar as YAML flow text: plain when safe, else quoted."""
-    import yaml
-
+    """A value as one line of YAML flow text: plain when safe, else quoted."""
     text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
     return text.removesuffix("\n...").strip()
 
 
-def dvc_yaml(source: Path, kind: str) -> str:
-    """The stages a table project needs, running the installed trainflow: no path into its source."""
-    deps = {"ingest": [str(source)], "validate": ["data/raw"], "repair": ["data/validated"], "augment": ["data/repaired"],
-            "train": ["data/augmented", "data/repaired"], "evaluate": ["models/train", "data/repaired"]}
-    params = {"ingest": "[data, ingest]", "validate": "[data, ingest.datasets, validate]",
-              "repair": "[data, validate.schema, repair]", "augment": "[data, augment]",
-              "train": "[data, repair.imbalance, train]", "evaluate": "[data, evaluate]"}
-    outs = {"ingest": "[data/raw]", "validate": "[data/validated, {reports/validate/report.md: {cache: false}}]",
-            "repair": "[data/repaired, {reports/repair/summary.md: {cache: false}}]", "augment": "[data/augmented]",
-            "train": "[models/train]", "evaluate": "[{reports/evaluate/report.md: {cache: false}}]"}
-    metrics = {"ingest": "reports/ingest.json", "validate": "reports/validate/metrics.json",
-               "repair": "reports/repair/summary.json", "augment": "reports/augment.json",
-               "train": "reports/train/train_metrics.json", "evaluate": "reports/evaluate/metrics.json"}
-    lines = ["# Made by `trainflow init`: the stages run the installed trainflow (`python3 -m flows.<stage>`).",
-             "# `dvc repro` builds them; each reads its part of params.yaml.", "stages:"]
-    for stage in STAGES:
-        lines += [f"  {stage}:", f"    cmd: python3 -m flows.{stage}", f"    deps: [{', '.join(map(_yaml, deps[stage]))}]",
-                  f"    params: {params[stage]}", f"    outs: {outs[stage]}",
-                  f"    metrics: [{{{metrics[stage]}: {{cache: false}}}}]", ""]
+# ------------------------------------------------------------------------------------- dvc.yaml
+PACKAGE_STAGES = ("ingest", "validate", "repair", "augment", "train", "finetune", "evaluate", "compress")
+HEADER = ("# The package's stages, written by trainflow (tasks/declare.py `project_stages`) from params.yaml:\n"
+          "# each runs the installed trainflow (`python3 -m flows.<stage>`) and reads the params keys listed.\n")
+
+
+def project_stages(params: Params, written: dict) -> dict[str, dict]:
+    """The stages a project needs, by what its params.yaml (`written`, as read) asks for: train when
+    its model is evaluated or fine-tuned from; finetune when its model is evaluated or compressed;
+    compress when params.yaml has a compress block. Params keys are listed only where params.yaml
+    writes them (DVC refuses a listed key that is absent; an absent key keeps the default)."""
+    def keys(*names: str) -> list[str]:
+        return [name for name in names if _written(written, name)]
+
+    compress = "compress" in written
+    models = {params.evaluate.model} | ({params.compress.model} if compress else set())
+    if "finetune" in models and params.finetune.init_from == "train":
+        models.add("train")
+    source = params.ingest.source
+    source_deps = [] if source.path is None else \
+        [(source.path.parent if source.kind == "image_manifest" else source.path).as_posix()]
+    report = lambda path: {path: {"cache": False}}  # noqa: E731 -- a DVC output that git keeps, not the cache
+    stages = {
+        "ingest": {"deps": source_deps, "params": keys("data", "ingest"), "outs": ["data/raw"],
+                   "metrics": [report("reports/ingest.json")]},
+        "validate": {"deps": ["data/raw"], "params": keys("data", "ingest.datasets", "validate"),
+                     "outs": ["data/validated", report("reports/validate/report.json"), report("reports/validate/report.md")],
+                     "metrics": [report("reports/validate/metrics.json")]},
+        "repair": {"deps": ["data/validated"], "params": keys("data", "validate.schema", "repair"),
+                   "outs": ["data/repaired", report("reports/repair/summary.md")],
+                   "metrics": [report("reports/repair/summary.json")]},
+        "augment": {"deps": ["data/repaired"], "params": keys("data", "augment"), "outs": ["data/augmented"],
+                    "metrics": [report("reports/augment.json")]},
+    }
+    if "train" in models:
+        stages["train"] = {"deps": ["data/augmented", "data/repaired"], "params": keys("data", "repair.imbalance", "train"),
+                           "outs": ["models/train"], "metrics": [report("reports/train/train_metrics.json")],
+                           "plots": [report("reports/train/train_history.csv")]}
+    if "finetune" in models:
+        start = params.finetune.init_from
+        starting = ["models/train"] if start == "train" else [] if start == "scratch" or start.startswith("package:") \
+            else [start]
+        stages["finetune"] = {
+            "deps": [*starting, "data/augmented", "data/repaired"],
+            "params": keys("data", "repair.imbalance", "train.backbone", "train.dataset", "augment", "finetune"),
+            "outs": ["models/finetune", "data/finetune/labelled_ids.parquet", report("reports/finetune/transfer.json")],
+            "metrics": [report("reports/finetune/finetune_metrics.json"), report("reports/finetune/scratch_metrics.json")],
+            "plots": [report("reports/finetune/finetune_history.csv"), report("reports/finetune/scratch_history.csv")]}
+    stages["evaluate"] = {
+        "deps": [f"models/{params.evaluate.model}", "data/repaired"], "params": keys("data", "evaluate"),
+        "outs": [report(f"reports/evaluate/{name}") for name in ("report.md", "details.json", "gate.json", "figures")],
+        "metrics": [report("reports/evaluate/metrics.json")], "plots": [report("reports/evaluate/plots")]}
+    if compress:
+        labelled = ["data/finetune/labelled_ids.parquet"] if params.compress.model == "finetune" else []
+        stages["compress"] = {
+            "deps": [f"models/{params.compress.model}", *labelled, "data/repaired", "data/augmented"],
+            "params": keys("data", "augment", "compress"),
+            "outs": ["models/compressed", report("reports/compress/candidates.json"), report("reports/compress/candidates.md")],
+            "metrics": [report("reports/compress/metrics.json")]}
+    return {name: {"cmd": f"python3 -m flows.{name}", **{k: v for k, v in stage.items() if v}}
+            for name, stage in stages.items()}
+
+
+def _written(written: dict, dotted: str) -> bool:
+    node = written
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def stages_yaml(stages: dict[str, dict]) -> str:
+    """`stages` as dvc.yaml text: one flow-style line a key, a blank line between stages."""
+    lines = []
+    for name, stage in stages.items():
+        lines.append(f"  {name}:")
+        lines += [f"    {key}: {_yaml(value)}" for key, value in stage.items()]
+        lines.append("")
     return "\n".join(lines)
+
+
+def dvc_yaml(params_text: str) -> str:
+    """A new project's dvc.yaml: the package's stages for the params.yaml text init wrote."""
+    written = yaml.safe_load(params_text)
+    return HEADER + "stages:\n" + stages_yaml(project_stages(parse_params(written), written))

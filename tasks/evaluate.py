@@ -69,32 +69,40 @@ class Evaluation:
 
 
 def run(params: Params, data: EvaluateData) -> Evaluation:
-    """The evaluate stage: test metrics, the baseline's and the gain, plots, figures, and the gate's verdict."""
+    """The evaluate stage: test metrics, the baselines' and the gain, plots, figures, and the gate's verdict."""
     cfg = params.evaluate
     where = f"{cfg.model} on {data.spec.extra['trained_on']}/test"
-    regression = data.spec.extra.get("task") == "regression" or getattr(data.network, "task", "") == "regression"
-    metrics, baseline, slices, plots, figures, images = (_regression if regression else _classification)(params, data, where)
+    regression = data.spec.task == "regression"
+    metrics, baselines, slices, plots, figures, images = (_regression if regression else _classification)(params, data, where)
     scores = headline(metrics)
-    if baseline:
-        scores |= {f"scratch_{k}": v for k, v in headline(baseline).items() if k != "samples"}
-        if "accuracy" in scores:
-            scores["gain_accuracy"] = round(metrics["accuracy"] - baseline["accuracy"], 6)
+    for name, baseline in baselines.items():  # scratch_accuracy, mean_rmse, ...
+        scores |= {f"{name}_{k}": v for k, v in headline(baseline).items() if k != "samples"}
+    if "scratch" in baselines and "accuracy" in scores:
+        scores["gain_accuracy"] = round(metrics["accuracy"] - baselines["scratch"]["accuracy"], 6)
     verdict = promotion_verdict(scores, cfg.gate, data.champion)
     verdict |= {"model": data.model_dir, "weights_sha256": data.weights_sha256, "metrics": scores}
-    markdown = evaluation_markdown(metrics, baseline, data.model_dir, slices, verdict)
-    return Evaluation(scores, {"model": metrics, "scratch": baseline, "slices": slices}, verdict, markdown, plots, figures,
+    markdown = evaluation_markdown(metrics, baselines, data.model_dir, slices, verdict)
+    return Evaluation(scores, {"model": metrics, **baselines, "slices": slices}, verdict, markdown, plots, figures,
                       images, where)
 
 
 def _regression(params: Params, data: EvaluateData, where: str) -> tuple:
+    """RMSE, MAE, R2 (and MSE) beside the same scores of predicting train's mean label for every row:
+    a model that does not beat that has learnt nothing from the features."""
     cfg = params.evaluate
     x, y = features_array(data.test, params.data), data.test[params.data.label].to_numpy(dtype=float)
     pred = predict(data.network, x, cfg.batch_size, regression=True)
     metrics = regression_metrics(pred, y)
-    baseline = regression_metrics.with_options(name="scratch_metrics")(
-        predict(data.baseline, x, cfg.batch_size, regression=True), y) if data.baseline else None
+    mean = data.spec.extra.get("target", {}).get("mean")
+    baselines = {}
+    if mean is not None:
+        baselines["mean"] = regression_metrics.with_options(name="mean_predictor_metrics")(np.full(len(y), mean), y)
+    if data.baseline is not None:
+        baselines["scratch"] = regression_metrics.with_options(name="scratch_metrics")(
+            predict(data.baseline, x, cfg.batch_size, regression=True), y)
     plots = {"predictions": pd.DataFrame({"actual": y, "predicted": pred})}
-    return metrics, baseline, [], plots, {}, {"predictions": scatter_png(y, pred, where)}
+    figures = {"predictions": scatter_png(y, pred, where)}
+    return metrics, baselines, [], plots, figures, figures
 
 
 def _classification(params: Params, data: EvaluateData, where: str) -> tuple:
@@ -102,8 +110,8 @@ def _classification(params: Params, data: EvaluateData, where: str) -> tuple:
     x, y = to_arrays(data.test, params.data, classes)
     probs = predict(data.network, x, cfg.batch_size)
     metrics = classification_metrics(probs, y, classes, cfg.calibration_bins)
-    baseline = classification_metrics.with_options(name="scratch_metrics")(
-        predict(data.baseline, x, cfg.batch_size), y, classes, cfg.calibration_bins) if data.baseline else None
+    baselines = {"scratch": classification_metrics.with_options(name="scratch_metrics")(
+        predict(data.baseline, x, cfg.batch_size), y, classes, cfg.calibration_bins)} if data.baseline else {}
     slices = slice_metrics(probs, y, data.test, cfg.slices, classes)
     pred = probs.argmax(axis=1)
     plots = {"confusion": confusion_rows(y, pred, classes), "roc": roc_curve(probs, y), "pr": pr_curve(probs, y),
@@ -111,7 +119,7 @@ def _classification(params: Params, data: EvaluateData, where: str) -> tuple:
     figures = {"confusion": confusion_png(y, pred, classes, where),
                "curves": curves_png(per_class_curves(probs, y, classes), plots["roc"], plots["pr"], where),
                "calibration": reliability_png(plots["calibration"], metrics["ece"], where)}
-    return metrics, baseline, slices, plots, figures, figures
+    return metrics, baselines, slices, plots, figures, figures
 
 
 @task
@@ -164,8 +172,9 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, classes: list, bins
 @task
 def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict:
     p, t = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
-    metrics = {"mse": _r(mean_squared_error(p, t)), "mae": _r(mean_absolute_error(p, t)),
-               "r2": _r(r2_score(p, t)) if len(t) > 1 else None, "samples": int(len(t))}
+    mse = mean_squared_error(p, t)
+    metrics = {"rmse": _r(mse.sqrt()), "mae": _r(mean_absolute_error(p, t)),
+               "r2": _r(r2_score(p, t)) if len(t) > 1 else None, "mse": _r(mse), "samples": int(len(t))}
     bad = int(_nonfinite_rows(pred).sum())
     return (metrics | {"nonfinite_rows": bad}) if bad else metrics  # their errors made the scores NaN or inf already
 
@@ -263,16 +272,20 @@ def _cell(value: float) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)  # a count (nonfinite_rows) stays a count
 
 
-def evaluation_markdown(metrics: dict, baseline: dict | None, model_path: str, slices: list[dict], gate: dict | None) -> str:
+BASELINE_NAMES = {"scratch": "from scratch", "mean": "predicting the train mean"}
+
+
+def evaluation_markdown(metrics: dict, baselines: dict[str, dict], model_path: str, slices: list[dict],
+                        gate: dict | None) -> str:
     lines = ["# Evaluation report", "", f"Model: `{model_path}`; test samples: {metrics['samples']}", ""]
     if gate is not None:
         verdict = "**promoted**" if gate["promoted"] else "**not promoted**"
         lines += [f"Gate: {verdict}. {gate['reason']}", ""]
     names = [k for k, v in headline(metrics).items() if k != "samples" and v is not None]
-    lines += ["| metric | model |" + (" from scratch |" if baseline else ""), "|---|---:|" + ("---:|" if baseline else "")]
+    lines += ["| metric | model |" + "".join(f" {BASELINE_NAMES[b]} |" for b in baselines),
+              "|---|---:|" + "---:|" * len(baselines)]
     for name in names:
-        other = baseline.get(name) if baseline else None
-        beside = (f" {_cell(other)} |" if other is not None else " |") if baseline else ""
+        beside = "".join(f" {_cell(b[name])} |" if b.get(name) is not None else " |" for b in baselines.values())
         lines.append(f"| {name} | {_cell(metrics[name])} |" + beside)
     if "per_class" in metrics:
         lines += ["", "| class | precision | recall | F1 | ROC-AUC | support |", "|---|---:|---:|---:|---:|---:|"]

@@ -36,7 +36,7 @@ def images_to_frame(images: np.ndarray, labels: np.ndarray, data: DataConfig) ->
 
 def features_array(frame: pd.DataFrame, data: DataConfig) -> np.ndarray:
     """Feature columns as float32, images reshaped to (N, C, H, W) and scaled to [0, 1]."""
-    x = frame[feature_columns(frame, data)].to_numpy(dtype=np.float32)
+    x = frame[feature_columns(frame, data)].to_numpy(dtype=np.float32, copy=True)  # writable: torch warns on a read-only view
     if data.modality == "image":
         low, high = data.pixel_range
         x = ((x - low) / (high - low)).reshape(len(frame), *data.image_shape)

@@ -28,7 +28,7 @@ from tasks.config import GateConfig
 from tasks.errors import UserError
 from tasks.io import load_json, save_json
 
-LOWER_IS_BETTER = {"ece", "mse", "mae", "loss"}  # for these, "no worse" means "not higher"
+LOWER_IS_BETTER = {"ece", "mse", "rmse", "mae", "loss"}  # for these, "no worse" means "not higher"
 
 
 @task

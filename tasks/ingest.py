@@ -268,6 +268,12 @@ def clean_labels(frame: pd.DataFrame, data: DataConfig, cfg: IngestConfig, where
         present = present[np.isfinite(present)]
     if present.empty:
         raise UserError(f"{where}: label column '{data.label}' has no values (data.label)")
+    if data.task == "regression":
+        if not pd.api.types.is_numeric_dtype(present) or pd.api.types.is_bool_dtype(present):
+            first = pd.to_numeric(present, errors="coerce").isna().idxmax()
+            raise UserError(f"{where}: label column '{data.label}' holds {_shown(present[first])} at {_at(first, cfg)}: "
+                            f"data.task regression needs numbers")
+        return frame, {}
     if pd.api.types.is_float_dtype(present) and not (present == present.round()).all():
         first = present[present != present.round()].index[0]
         raise UserError(f"{where}: label column '{data.label}' holds continuous numbers ({present.nunique()} distinct, "
@@ -324,17 +330,18 @@ def split_frame(frame: pd.DataFrame, cfg: IngestConfig, data: DataConfig, where:
     labelled, unlabelled = frame[~missing], frame[missing]
     counts = labelled[data.label].value_counts()
     split = cfg.split
-    _check_size(len(labelled), len(counts) if split.stratify else 1, split, where)
-    if split.stratify and counts.min() < MIN_PER_CLASS:
+    stratified = split.stratify and data.task == "classification"  # a number has no classes to keep in proportion
+    _check_size(len(labelled), len(counts) if stratified else 1, split, where)
+    if stratified and counts.min() < MIN_PER_CLASS:
         rare = counts[counts < MIN_PER_CLASS]
         first = labelled.index[labelled[data.label] == rare.index[-1]][0]
         raise UserError(f"{where}: label column '{data.label}': class {_shown(rare.index[-1])} has {rare.iloc[-1]} row(s) "
                         f"(e.g. {_at(first, cfg)}; {len(rare)} such class(es)); a stratified split needs {MIN_PER_CLASS} "
                         f"a class: add rows, merge or drop the class, or set ingest.split.stratify: false")
-    stratify = labelled[data.label] if split.stratify else None
+    stratify = labelled[data.label] if stratified else None
     rest, test = train_test_split(labelled, test_size=split.test, random_state=split.seed, stratify=stratify)
     val_share = split.val / (1 - split.test)
-    stratify = rest[data.label] if split.stratify else None
+    stratify = rest[data.label] if stratified else None
     train, val = train_test_split(rest, test_size=val_share, random_state=split.seed, stratify=stratify)
     train = pd.concat([train, unlabelled])
     return {name: part.sort_values(data.id).reset_index(drop=True)

@@ -34,7 +34,9 @@ class ModelSpec:
         return self.extra.get("task", "classification")
 
     def build(self) -> Network:
-        return Network(build_backbone(self.backbone, self.in_shape), len(self.classes), self.task)
+        target = self.extra.get("target", {"mean": 0.0, "std": 1.0})  # regression: train's label mean and std
+        return Network(build_backbone(self.backbone, self.in_shape), len(self.classes), self.task,
+                       (target["mean"], target["std"]))
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "backbone": self.backbone, "in_shape": list(self.in_shape), "classes": self.classes,

@@ -73,8 +73,12 @@ def _key_columns(data: DataConfig, classes: Sequence, made_rows: bool = False) -
     return {
         data.id: pa.Column(int, unique=True, nullable=False),
         SOURCE_ID: pa.Column(str, unique=not made_rows, nullable=made_rows, required=False),
-        data.label: pa.Column(checks=pa.Check.isin(list(classes), error="known class"), nullable=False),
+        data.label: pa.Column(float, coerce=True, nullable=False, checks=_FINITE) if data.task == "regression"
+        else pa.Column(checks=pa.Check.isin(list(classes), error="known class"), nullable=False),
     }
+
+
+_FINITE = pa.Check(lambda s: ~np.isinf(s), element_wise=False, name="finite", error="finite")
 
 
 def _dtype(column: ColumnSchema):
@@ -95,7 +99,7 @@ def _range_checks(column: ColumnSchema) -> list[pa.Check]:
 def _value_checks(column: ColumnSchema, known: Sequence | None) -> list[pa.Check]:
     checks = _range_checks(column)
     if column.dtype in NUMERIC:  # an infinite value would turn a scaler's mean, and then training, to NaN
-        checks.append(pa.Check(lambda s: ~np.isinf(s), element_wise=False, name="finite", error="finite"))
+        checks.append(_FINITE)
     if column.dtype == "int":
         checks.append(pa.Check(lambda s: s.isna() | (s == s.round()), element_wise=False, name="integer", error="integer"))
     if column.isin is not None:

@@ -79,8 +79,12 @@ def run(params: Params, data: TrainData, on_epoch: Callable[[int, int, dict], No
     if cfg.on_the_fly is not None and declared.modality != "image":
         raise UserError(f"train.on_the_fly: batch augmentation is for images, data.modality is {declared.modality}")
     classes = [] if task == "regression" else classes
+    extra = {"trained_on": cfg.dataset, "task": task, "data": declared.model_dump(mode="json")}
+    if task == "regression":
+        labels = data.train[declared.label].to_numpy(dtype=float)
+        extra["target"] = {"mean": float(labels.mean()), "std": float(labels.std()) or 1.0}
     spec = ModelSpec(backbone_spec(cfg.backbone, declared, vocab_size(data.train, declared)), input_shape(data.train, declared),
-                     classes, {"trained_on": cfg.dataset, "task": task, "data": declared.model_dump(mode="json")})
+                     classes, extra)
     arrays = {split: to_arrays(frame, declared, classes, task) for split, frame in (("train", data.train), ("val", data.val))}
     weights = weights_for(classes, data.class_weights) if task != "regression" else None
     fit = fit_classifier(arrays, spec, cfg.optimizer, cfg.trainer, cfg.seed, weights, label_smoothing=cfg.label_smoothing,

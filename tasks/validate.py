@@ -82,7 +82,8 @@ def validate_split(frame: pd.DataFrame, data: DataConfig, classes: Sequence, cfg
     valid = _coerce(frame.drop(index=reasons.index), features, spec) if len(reasons) else _coerce(frame, features, spec)
     report.valid, report.quarantined, report.checks = len(valid), len(quarantine), _summarise(rows)
     report.missing = {c: int(n) for c, n in valid[features].isna().sum().items() if n}
-    report.class_counts = {str(k): int(v) for k, v in valid[data.label].value_counts().sort_index().items()}
+    if data.task == "classification":
+        report.class_counts = {str(k): int(v) for k, v in valid[data.label].value_counts().sort_index().items()}
     if data.modality == "image":
         report.images = _image_findings(valid, features)
     return valid.reset_index(drop=True), _stringify_mixed(quarantine).reset_index(drop=True), report
@@ -146,7 +147,8 @@ def run(params: Params, raw: dict[str, dict[str, pd.DataFrame]]) -> Validation:
             quarantine = out.quarantine[where]
             out.quarantined += [{"split": where, "id": str(i), "reason": r}
                                 for i, r in zip(quarantine.get(data.id, []), quarantine.get(REASON, []), strict=True)]
-        class_counts[f"{name}/train"] = len(out.reports[f"{name}/train"].class_counts) or len(classes)
+        if data.task == "classification":  # a regression's label is a number: no classes to count
+            class_counts[f"{name}/train"] = len(out.reports[f"{name}/train"].class_counts) or len(classes)
         out.leakage.update(leakage({s: out.valid[f"{name}/{s}"] for s in SPLITS}, data, name))
     out.problem = verdict(out.reports, cfg, class_counts, data.label)
     return out

@@ -64,7 +64,8 @@ class Repairer:
         frame, more, findings["imputed"] = self.imputer_.transform(frame, self.data.id, "train", fresh)
         parts += more
         self.encoder_ = Encoder(self.cfg.encode, self.cfg.scale).fit(frame, self.categorical_, self.numeric_)
-        self.class_weights_ = class_weights(frame[self.data.label])
+        regression = self.data.task == "regression"  # a number has no classes to weigh
+        self.class_weights_ = {} if regression else class_weights(frame[self.data.label])
         return (self.encode(frame) if encode else frame).reset_index(drop=True), parts, findings
 
     def transform(self, frame: pd.DataFrame, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -164,8 +165,14 @@ def summarise(before: pd.DataFrame, after: pd.DataFrame, ledger: pd.DataFrame, d
         "rows_added": sum(v for k, v in changes.items() if "oversample" in k or "synthetic" in k),
         "changes": changes,
         "findings": {k: v for k, v in (findings or {}).items() if v},
-        "class_counts_before": _counts(before[data.label]), "class_counts_after": _counts(after[data.label]),
+        **({"class_counts_before": _counts(before[data.label]), "class_counts_after": _counts(after[data.label])}
+           if data.task == "classification" else {"label_mean_before": _mean(before[data.label]),
+                                                  "label_mean_after": _mean(after[data.label])}),
     }
+
+
+def _mean(labels: pd.Series) -> float | None:
+    return round(float(labels.mean()), 6) if labels.notna().any() else None
 
 
 def _counts(labels: pd.Series) -> dict[str, int]:

@@ -78,7 +78,8 @@ def summary_markdown(summaries: dict) -> str:
              "| clipped | dropped | added | classes before -> after |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, splits in summaries.items():
         for split, s in splits.items():
-            classes = ", ".join(f"{c}: {s['class_counts_before'].get(c, 0)} -> {n}" for c, n in s["class_counts_after"].items())
+            classes = ", ".join(f"{c}: {s['class_counts_before'].get(c, 0)} -> {n}" for c, n in s["class_counts_after"].items()) \
+                if "class_counts_after" in s else f"label mean {s['label_mean_before']} -> {s['label_mean_after']}"
             lines.append(f"| {name}/{split} | {s['rows_before']} | {s['rows_after']} | {s['quarantined']} "
                          f"| {s['missing_before']} | {s['missing_after']} | {s['clipped_values']} "
                          f"| {s['rows_dropped']} | {s['rows_added']} | {classes} |")

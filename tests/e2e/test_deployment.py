@@ -176,6 +176,9 @@ def test_an_on_demand_run_is_picked_up_by_the_worker(deployed):
 
 def test_a_cron_schedule_fires_and_completes_within_30_s(deployed):
     _, url, _, worker_log = deployed
+    # The pool runs one flow at a time: the nightly schedule must not take the slot if this minute is 03:00.
+    nightly = api(url, "/deployments/name/retrain/nightly")
+    api(url, f"/deployments/{nightly['id']}", {"paused": True}, method="PATCH")
     deployment = api(url, "/deployments/name/pipeline/on-demand")
     # Every minute, on the stage the previous test built: a scheduled run of the real deployment.
     api(url, f"/deployments/{deployment['id']}/schedules",

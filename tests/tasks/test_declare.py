@@ -43,8 +43,7 @@ def test_the_declaration_parses_and_says_why():
 
 @pytest.mark.parametrize(("edit", "line"), [
     (lambda f: f.drop(columns="label"), "no column 'label' (--label)"),
-    (lambda f: f.assign(label="good"), "label column 'label' has 1 class(es)"),
-    (lambda f: f.assign(label=np.linspace(0, 1, len(f))), "label column 'label' holds continuous numbers"),
+    (lambda f: f.assign(label="good"), "label column 'label' has 1 distinct value(s)"),
     (lambda f: f.assign(note=[f"free text {i}" for i in range(len(f))]), "column(s) ['note'] hold free text"),
 ])
 def test_what_init_cannot_declare_is_one_line(edit, line):
@@ -58,3 +57,39 @@ def test_the_stage_list_runs_the_installed_package():
     assert all(stage["cmd"] == f"python3 -m flows.{name}" for name, stage in stages.items())
     assert stages["ingest"]["deps"] == ["data/table.csv"]
     assert not any("../" in dep or "PYTHONPATH" in stage["cmd"] for stage in stages.values() for dep in stage["deps"])
+
+
+@pytest.mark.parametrize(("label", "task", "why"), [
+    (lambda n: np.linspace(0, 1, n), "regression", "fractional numbers"),
+    (lambda n: np.arange(n) % 50, "regression", "50 distinct whole numbers"),
+    (lambda n: np.arange(n) % 3, "classification", "with 3 classes"),
+])
+def test_the_task_is_inferred_from_the_label(label, task, why):
+    declared = declare(_table().assign(label=lambda f: label(len(f))), SOURCE, "label", "csv")
+    params = parse_params(yaml.safe_load(declared.params))
+    assert params.data.task == task and why in " ".join(declared.summary + [declared.params])
+
+
+def test_a_regression_declaration_trains_mse_and_gates_on_beating_the_mean():
+    declared = declare(_table().assign(label=lambda f: f["age"].fillna(40) * 1.5), SOURCE, "label", "csv",
+                       task="regression")
+    params = parse_params(yaml.safe_load(declared.params))
+    assert params.train.loss == "mse" and params.repair.imbalance == "none"
+    assert params.evaluate.gate.min == {"r2": 0.0} and params.evaluate.gate.vs_champion == ["rmse"]
+    stages = yaml.safe_load(declared.dvc)["stages"]
+    assert "repair.imbalance" not in stages["train"]["params"]  # a regression project's params.yaml has none
+
+
+def test_regression_needs_a_numeric_label():
+    with pytest.raises(UserError, match="--task regression needs a numeric label"):
+        declare(_table(), SOURCE, "label", "csv", task="regression")
+
+
+@pytest.mark.parametrize("start", ["package:efficientnet-lite0", "weights/start.safetensors"])
+def test_a_starting_model_makes_a_finetune_stage_and_no_train_stage(start):
+    declared = declare(_table(), SOURCE, "label", "csv", init_from=start)
+    params = parse_params(yaml.safe_load(declared.params))
+    assert params.finetune.init_from == start and params.evaluate.model == "finetune" and params.finetune.baseline
+    stages = yaml.safe_load(declared.dvc)["stages"]
+    assert "train" not in stages and stages["evaluate"]["deps"][0] == "models/finetune"
+    assert stages["finetune"]["deps"][0] == (start if start.endswith(".safetensors") else "data/augmented")

@@ -71,7 +71,7 @@ def test_slices_per_column_value_and_per_class():
     assert by["label=1"]["accuracy"] == pytest.approx(2 / 3, abs=1e-6) and by["label=7"]["rows"] == 0
     with pytest.raises(UserError, match="column 'region'"):
         slice_metrics.fn(probs, y, frame, [SliceConfig(column="region")], [0, 1])
-    assert "| site=a | 2 | 0.500 |" in evaluation_markdown(classification_metrics.fn(probs, y, [0, 1]), None, "m", rows, None)
+    assert "| site=a | 2 | 0.500 |" in evaluation_markdown(classification_metrics.fn(probs, y, [0, 1]), {}, "m", rows, None)
 
 
 def test_a_model_that_outputs_nan_scores_nan_not_a_plausible_accuracy():
@@ -84,7 +84,7 @@ def test_a_model_that_outputs_nan_scores_nan_not_a_plausible_accuracy():
     assert np.isnan(m["per_class"]["a"]["f1"]) and m["per_class"]["a"]["support"] == 2
     rows = slice_metrics.fn(probs, y, pd.DataFrame({"g": ["x", "x", "y", "y"]}), [SliceConfig(column="g")], ["a", "b"])
     assert np.isnan(rows[0]["accuracy"]) and rows[1]["accuracy"] == 0.0  # only the slice holding the NaN row
-    report = evaluation_markdown(m, None, "models/train", rows, None)  # the report says nan rather than crashing
+    report = evaluation_markdown(m, {}, "models/train", rows, None)  # the report says nan rather than crashing
     assert "| accuracy | nan |" in report and "| nonfinite_rows | 1 |" in report
     assert curves_png({}, roc_curve(probs, y), pr_curve(probs, y), "t")[:4] == b"\x89PNG"
     regression = regression_metrics.fn(np.array([1.0, np.inf, 3.0]), np.array([1.0, 2.0, 5.0]))
