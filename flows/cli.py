@@ -17,7 +17,8 @@ from pathlib import Path
 from tasks.errors import UserError
 
 KINDS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-IGNORED = ["/.prefect/", "/models/", "/reports/", "/checkpoints/", "/dvc_plots/", "__pycache__/"]
+IGNORED = ["/.prefect/", "/models/", "/reports/", "/checkpoints/", "/dvc_plots/", "/.cache/", "/data/predict/",
+           "__pycache__/"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
                                  description=write_stages.__doc__)
     stages.add_argument("folder", type=Path, nargs="?", default=Path("."), help="the project folder (default: here)")
     stages.add_argument("--check", action="store_true", help="change nothing; exit 1 if dvc.yaml is not current")
+    commands.add_parser("predict", add_help=False, help="score new rows with the champion (trainflow predict --help)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["predict"]:  # its options are flows/predict.py's own
+        from flows.predict import main as predict
+
+        return predict(argv[1:], prog="trainflow predict")
     args = parser.parse_args(argv)
     try:
         if args.command == "stages":

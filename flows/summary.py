@@ -115,9 +115,17 @@ def _compress(reports: Path) -> list[tuple[str, str]]:
     return [("compress", text)]
 
 
+def _predict(reports: Path) -> list[tuple[str, str]]:
+    scored = _load(reports / "predict" / "summary.json")
+    if not scored:
+        return []
+    return [("predict", f"{scored['rows']} new rows: {scored['predicted']} predicted, {scored['quarantined']} quarantined; "
+                        f"{scored['drift'].split(' (')[0]}")]
+
+
 def summary(reports: Path = REPORTS, params: dict | None = None) -> list[str]:
     """The lines to print (not yet cut to a width)."""
-    rows = _stage_lines(reports, params) + _headline(reports, params) + _compress(reports)
+    rows = _stage_lines(reports, params) + _headline(reports, params) + _compress(reports) + _predict(reports)
     if not rows:
         return ["No stage reports yet under reports/: run 'make run' (or 'dvc repro')."]
     lines = ["trainflow: what this run built"] + [f"  {stage:<9} {text}" for stage, text in rows]

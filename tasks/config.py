@@ -714,6 +714,56 @@ COMPRESS_IGNORES = {
 }
 
 
+# ------------------------------------------------------------------------------------- predict
+class DriftConfig(Strict):
+    """New rows against the training data: what predict measures, and past which value it calls it drift."""
+
+    bins: int = Field(10, ge=2, description="Numeric features: bins cut at train's quantiles (fewer where values repeat).")
+    psi: PositiveFloat = Field(
+        0.2, description="Numeric features: a population stability index above this is drift (below 0.1: stable; "
+                         "0.1-0.2: moderate).")
+    distance: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.1, description="Categorical features: a Jensen-Shannon distance (base 2, 0 same to 1 disjoint) between train's "
+                         "and the new rows' category shares above this is drift.")
+    new_categories: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.01, description="Categorical features: a fraction of new rows holding a category train never saw above this "
+                          "is drift.")
+    missing_rate: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.05, description="Every feature: its fraction of missing values moving more than this (either way) is drift.")
+    class_mix: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.1, description="The predicted classes' shares against train's labels: a Jensen-Shannon distance above this is "
+                         "drift (regression: the predictions' PSI on train's label bins, against psi).")
+    min_rows: int = Field(
+        100, ge=1, description="Fewer new rows than this: the measures are reported but judge nothing (too few to tell).")
+    fail: bool = Field(
+        False, description="true: drift fails the run (after every output is written); false: a warning.")
+
+
+class PredictConfig(Strict):
+    """Scoring new rows (`trainflow predict INPUT`, docs/predict.md): the pipeline's own checks, repairs and model."""
+
+    input: Path | None = Field(
+        None, description="The file or folder (.csv, .csv.gz, .parquet) scored when the command names none: what the "
+                          "DVC stage `predict` scores.")
+    output: Path | None = Field(
+        None, description="The folder of the outputs when the command names none (null: data/predict/<input name>/).")
+    model: Literal["champion", "train", "finetune"] = Field(
+        "champion", description="champion: the model evaluate.gate.champion names (refused when the weights on disk are "
+                                "not the promoted ones); train | finetune: that stage's model as it is.")
+    runtime: Literal["onnx", "torch"] = Field(
+        "onnx", description="onnx: onnxruntime (the compress stage's model.onnx, or the model exported and checked "
+                            "against PyTorch once, cached under .cache/predict/); torch: the PyTorch network.")
+    compressed: bool = Field(
+        True, description="onnx: run models/compressed/model.onnx when the compress stage compressed this very model "
+                          "(its weights' hash matches).")
+    chunk_rows: int = Field(
+        100_000, ge=1, description="Rows read, checked, repaired and scored at a time: memory stays bounded whatever the "
+                                   "input's size.")
+    batch_size: int = Field(8192, ge=1, description="Rows a model call.")
+    num_threads: int = Field(1, ge=1, description="CPU threads of onnxruntime (or torch).")
+    drift: DriftConfig = Field(DriftConfig(), description="The drift report and its thresholds.")
+
+
 class Params(Strict):
     """params.yaml: one section per stage (and `data`, read by every stage that reads frames)."""
 
@@ -726,6 +776,7 @@ class Params(Strict):
     finetune: FinetuneConfig = Field(FinetuneConfig(), description="The finetune stage.")
     evaluate: EvaluateConfig = Field(EvaluateConfig(), description="The evaluate stage.")
     compress: CompressConfig = Field(CompressConfig(), description="The compress stage.")
+    predict: PredictConfig = Field(PredictConfig(), description="Scoring new rows (trainflow predict).")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

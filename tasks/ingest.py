@@ -77,36 +77,36 @@ def _read_user_file(source: SourceConfig) -> pd.DataFrame:
         raise UserError(f"{path}: is a folder; ingest.source.path names one {source.kind} file")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: source file is empty")
-    compression = _sniff(path, source.kind)
+    compression = sniff(path, source.kind)
     try:
         if source.kind == "parquet":
             frame = pd.read_parquet(path)
         else:
             frame = read_csv(path, compression=compression)
     except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text ({_first_bad_byte(path, compression)}); re-save it as UTF-8") from None
+        raise UserError(f"{path}: not UTF-8 text ({first_bad_byte(path, compression)}); re-save it as UTF-8") from None
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: source file has no columns") from None
     except (pd.errors.ParserError, pd.errors.ParserWarning) as e:
-        raise UserError(f"{path}: {_ragged(str(e))}") from None
+        raise UserError(f"{path}: {ragged_message(str(e))}") from None
     except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
         raise UserError(f"{path}: cannot be read ({e.strerror})") from None
     except OSError:  # an I/O hiccup (a network drive, EIO): load_source retries it
         raise
     except Exception as e:  # pyarrow/pandas raise many types for damaged files
         raise UserError(f"{path}: cannot be read as {source.kind} ({type(e).__name__}: {e})") from None
-    header = _csv_header(path, compression) if source.kind == "csv" else [str(c) for c in frame.columns]
+    header = csv_header(path, compression) if source.kind == "csv" else [str(c) for c in frame.columns]
     duplicated = sorted({c for c in header if header.count(c) > 1})
     if duplicated:
         raise UserError(f"{path}: duplicate column names {duplicated}")
     if frame.empty:
         raise UserError(f"{path}: source file has a header but no rows")
     if source.kind == "csv":
-        _refuse_repeated_header(frame, path)
-    return _big_integers_as_text(frame)
+        refuse_repeated_header(frame, path)
+    return big_integers_as_text(frame)
 
 
-def _refuse_repeated_header(frame: pd.DataFrame, path) -> None:
+def refuse_repeated_header(frame: pd.DataFrame, path) -> None:
     # Files concatenated from several exports repeat the header mid-file; as data, its words would
     # turn every numeric column to text and add a class named after the label column.
     header = [str(c) for c in frame.columns]
@@ -131,7 +131,7 @@ MAGIC = [
 ]
 
 
-def _sniff(path, kind: str) -> str | None:
+def sniff(path, kind: str) -> str | None:
     """What the file's first bytes say it is, whatever its name: gzip is read as it is (pandas
     decompresses it); a workbook, an archive or other text encodings get their own line; a CSV
     source that is a Parquet file is named. Returns the compression to read a CSV with."""
@@ -166,7 +166,7 @@ def read_csv(path, compression: str | None = None) -> pd.DataFrame:
         return pd.read_csv(path, encoding="utf-8", compression=compression, index_col=False)
 
 
-def _first_bad_byte(path, compression: str | None) -> str:
+def first_bad_byte(path, compression: str | None) -> str:
     """Where the first byte that is not UTF-8 sits: pandas decodes in chunks, so its offset is not the file's."""
     decoder, offset, line = codecs.getincrementaldecoder("utf-8")(), 0, 1
     with (gzip.open if compression == "gzip" else open)(path, "rb") as f:
@@ -180,7 +180,7 @@ def _first_bad_byte(path, compression: str | None) -> str:
     return "at its end"
 
 
-def _ragged(message: str) -> str:
+def ragged_message(message: str) -> str:
     """pandas' 'Expected 4 fields in line 7, saw 5' in our words."""
     found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
     if "Length of header or names does not match" in message:
@@ -193,7 +193,7 @@ def _ragged(message: str) -> str:
             f"that is not in double quotes")
 
 
-def _big_integers_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+def big_integers_as_text(frame: pd.DataFrame) -> pd.DataFrame:
     # Integers past 64 bits arrive as Python ints in an object column, which Parquet cannot store.
     # As text they keep every digit; validate then reads a numeric column's values as floats and a
     # text id column as ids.
@@ -201,7 +201,7 @@ def _big_integers_as_text(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype({c: "str" for c in big}) if big else frame
 
 
-def _csv_header(path, compression: str | None = None) -> list[str]:
+def csv_header(path, compression: str | None = None) -> list[str]:
     # pandas renames a repeated header ("a", "a.1"); read the real one to catch duplicates.
     opener = gzip.open if compression == "gzip" else open
     with opener(path, "rt", newline="", encoding="utf-8") as f:

@@ -56,7 +56,7 @@ def validate_split(frame: pd.DataFrame, data: DataConfig, classes: Sequence, cfg
     spec = cfg.schema_
     features = feature_columns(frame, data)
     report = SplitReport(len(frame), 0, 0)
-    frame, report.sentinels = _sentinels_to_missing(frame, features, spec)
+    frame, report.sentinels = sentinels_to_missing(frame, features, spec)
     report.fatal = _frame_level_problems(frame, data, features, spec)
     if report.fatal:
         return frame.iloc[:0], frame.iloc[:0], report
@@ -180,7 +180,7 @@ def categories_seen(train: pd.DataFrame, spec: SchemaConfig) -> dict[str, list]:
             if column.dtype == "category" and column.isin is None and c in train.columns}
 
 
-def _sentinels_to_missing(frame: pd.DataFrame, features: list[str], spec: SchemaConfig) -> tuple[pd.DataFrame, dict]:
+def sentinels_to_missing(frame: pd.DataFrame, features: list[str], spec: SchemaConfig) -> tuple[pd.DataFrame, dict]:
     declared = {c: list(spec.missing_values) + list(spec.columns[c].missing_values if c in spec.columns else [])
                 for c in features}
     declared = {c: v for c, v in declared.items() if v}

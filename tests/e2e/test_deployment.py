@@ -149,10 +149,10 @@ def test_the_server_refuses_clients_without_the_auth_string(deployed):
     assert api(url, "/health", auth=None) is True  # health stays open for probes
 
 
-def test_make_deploy_creates_the_pool_and_both_deployments(deployed):
+def test_make_deploy_creates_the_pool_and_the_deployments(deployed):
     root, url, _, _ = deployed
     names = {d["name"]: d for d in api(url, "/deployments/filter", {})}
-    assert set(names) == {"nightly", "on-demand"}
+    assert set(names) == {"nightly", "on-demand", "predict"}  # predict's run: tests/e2e/test_predict_deployment.py
     nightly = names["nightly"]
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 3 * * *"]
     assert nightly["work_pool_name"] == "trainflow" and nightly["entrypoint"] == "flows/retrain.py:retrain"

@@ -46,7 +46,7 @@ def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_repro_builds_every_stage_and_reports_metrics(repo):
     out = _dvc(repo, "repro").stdout
-    for stage in ("ingest", "validate", "repair", "augment", "train", "finetune", "evaluate", "compress"):
+    for stage in ("ingest", "validate", "repair", "augment", "train", "finetune", "evaluate", "compress", "predict"):
         assert f"Running stage '{stage}'" in out
     metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
     assert {"accuracy", "macro_f1", "scratch_accuracy"} <= set(metrics)
@@ -62,10 +62,11 @@ def test_second_repro_is_up_to_date(repo):
     assert time.monotonic() - start < 10  # generous for CI; the README's figure is measured by hand
 
 
-def test_changing_finetune_params_reruns_only_finetune_evaluate_and_compress(repo):
+def test_changing_finetune_params_reruns_only_finetune_evaluate_compress_and_predict(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["finetune"]["labels_per_class"] = 3
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _dvc(repo, "repro").stdout
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"finetune", "evaluate", "compress"}  # compress reads models/finetune and finetune's labels
+    # compress reads models/finetune and finetune's labels; predict scores with the compressed model
+    assert ran == {"finetune", "evaluate", "compress", "predict"}

@@ -33,6 +33,8 @@ def _reports(root):
     _write(r / "evaluate" / "gate.json", {"promoted": False, "reason": "accuracy 0.97 fails vs champion " + "x" * 200})
     _write(r / "compress" / "metrics.json", {"chosen": "student", "accuracy_before": 0.97, "accuracy_after": 0.968,
                                              "size_reduction": 5.1, "onnx_max_abs_diff": 9.5e-6})
+    _write(r / "predict" / "summary.json", {"rows": 500, "predicted": 499, "quarantined": 1,
+                                            "drift": "no drift past the thresholds (500 rows against 1625 train rows)"})
     return r
 
 
@@ -46,6 +48,7 @@ def test_each_stage_reports_what_it_did(tmp_path):
     assert "accuracy 0.950, gain +2.0 points at this seed" in text
     assert "gate      NOT promoted: accuracy 0.97 fails" in text
     assert "chose student: accuracy 0.970 -> 0.968, 5.10x smaller" in text
+    assert "predict   500 new rows: 499 predicted, 1 quarantined; no drift past the thresholds\n" in text
 
 
 def test_the_study_over_seeds_shows_only_for_the_params_it_measured(tmp_path, monkeypatch):
