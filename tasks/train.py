@@ -269,13 +269,13 @@ def _trainer_args(cfg: TrainerConfig, run: Plan, folder: Path | None, has_val: b
         callbacks.append(TQDMProgressBar(refresh_rate=20))  # a redraw every 20 steps: per-step redraws cost time
     logger = False
     if cfg.logger == "dvclive" and live_dir is not None and not cfg.fast_dev_run:
-        from dvclive.lightning import DVCLiveLogger
+        from lightning_modules.live import LiveLogger
 
         if resume is not None:
             _drop_torn_json(Path(live_dir) / "metrics.json")  # a kill mid-write: dvclive's resume would fail on it
         # dvcyaml=None: the metrics and plots are declared in dvc.yaml by hand. An absolute dir: with a
         # relative one dvclive has deleted its own checkpoint.
-        logger = DVCLiveLogger(dir=str(Path(live_dir).resolve()), dvcyaml=None, save_dvc_exp=False, resume=resume is not None)
+        logger = LiveLogger(dir=str(Path(live_dir).resolve()), dvcyaml=None, save_dvc_exp=False, resume=resume is not None)
     deterministic = True if run.device == "cpu" else "warn"  # some GPU kernels have no deterministic version
     return dict(
         accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision, strategy=run.strategy, num_nodes=cfg.num_nodes,
