@@ -63,7 +63,8 @@ def promotion_verdict(metrics: dict, cfg: GateConfig, champion: dict | None) -> 
     elif failed:
         reason = "; ".join(f"{c['metric']} {c['value']} fails {c['check']}" for c in failed)
     elif champion is None:
-        reason = f"all {len(checks)} threshold checks passed; no champion yet, this model becomes it"
+        passed = f"all {len(checks)} threshold checks passed" if checks else "no thresholds declared"
+        reason = f"{passed}; no champion yet, this model becomes it"
     else:
         reason = f"all {len(checks)} checks passed, the champion included"
     return {"promoted": not failed, "reason": reason, "checks": checks,
