@@ -1,6 +1,6 @@
 """The `trainflow` command. `trainflow init DIR --data FILE --label COLUMN` makes a project folder
 anywhere on disk for a table (or `--data FOLDER` for images, one subfolder per class, a manifest
-written for them): the data copied in and versioned by DVC, a params.yaml inferred from it (each
+written for them; or `--data manifest.csv`, an existing one): the data copied in and versioned by DVC, a params.yaml inferred from it (each
 choice with the reason), a dvc.yaml with the stages the project needs, git with a first commit.
 Then `cd DIR && dvc repro` builds it. A mistake is one line on stderr and exit 2; nothing of the
 user's is overwritten without --force.
@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     init = commands.add_parser("init", help="make a project folder for a table", description=init_project.__doc__)
     init.add_argument("folder", type=Path, help="the project folder (made if absent)")
     init.add_argument("--data", type=Path, required=True,
-                      help="a CSV or Parquet file, or a folder of images with one subfolder per class")
+                      help="a CSV or Parquet file, a folder of images with one subfolder per class, or a manifest "
+                           "(a CSV of path,label naming images relative to its folder)")
     init.add_argument("--label", default="label", help="the column to predict (tables)")
     init.add_argument("--task", choices=("classification", "regression"),
                       help="what the label is (default: inferred; a fractional or many-valued number is regression)")
@@ -90,30 +91,36 @@ def init_project(folder: Path, data: Path, label: str, force: bool = False, task
                  init_from: str | None = None) -> list[str]:
     """Infer the declaration from the data and write the project; returns what to tell the user."""
     from tasks.config import SourceConfig, load_params
-    from tasks.declare import declare, declare_images, image_folder
+    from tasks.declare import declare, declare_images, image_folder, image_manifest, is_manifest
     from tasks.ingest import read_source
 
     existing = [name for name in ("params.yaml", "dvc.yaml") if (folder / name).exists()]
     if existing and not force:
         raise UserError(f"{folder}: already holds {' and '.join(existing)}: choose another folder, or --force to replace them")
     copy = Path("data") / data.name
-    versioned = [copy]
     weights = None
     if init_from and not init_from.startswith("package:") and init_from not in ("train", "scratch"):
         weights = Path(init_from)  # a weights file: copied in and versioned beside the data
         if not weights.is_file():
             raise UserError(f"--init-from {init_from}: no such file")
         init_from = (Path("weights") / weights.name).as_posix()
-        versioned.append(Path(init_from))
-    if data.is_dir():  # one subfolder of images per class: copied, with a manifest of path,label
+    manifest = data.is_file() and data.suffix.lower() == ".csv" and is_manifest(data)
+    if data.is_dir() or manifest:  # images: copied, with a manifest of path,label
         if task == "regression":
-            raise UserError(f"{data}: a folder of images is read as one subfolder per class: --task regression needs a table")
-        files, shape = image_folder(data)
+            raise UserError(f"{data}: images are read as classes: --task regression needs a table")
+        files, shape = image_manifest(data) if manifest else image_folder(data)
+        root = data.parent if manifest else data
+        copy = Path("data") / (data.stem if manifest else data.name)
         declaration = declare_images(files, shape, copy / "manifest.csv", init_from)
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(data, folder / copy, dirs_exist_ok=force)
-        manifest = "".join(f"{_csv_field(path)},{_csv_field(label)}\n" for path, label in files)
-        (folder / copy / "manifest.csv").write_text("path,label\n" + manifest, encoding="utf-8")
+        if manifest:  # the images it names, at the same relative paths; nothing else of their folder
+            for path, _ in files:
+                (folder / copy / path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(root / path, folder / copy / path)
+        else:
+            shutil.copytree(data, folder / copy, dirs_exist_ok=force)
+        rows = "".join(f"{_csv_field(path)},{_csv_field(label)}\n" for path, label in files)
+        (folder / copy / "manifest.csv").write_text("path,label\n" + rows, encoding="utf-8")
     else:
         kind = KINDS.get(data.suffix.lower())
         if kind is None:
@@ -132,7 +139,7 @@ def init_project(folder: Path, data: Path, label: str, force: bool = False, task
     load_params(folder / "params.yaml")  # what init writes must parse: a failure here is a bug
     _ignore(folder / ".gitignore", IGNORED)
     _ignore(folder / ".dvcignore", ["/.prefect/", "__pycache__/", "*.py[cod]"])
-    _versioned(folder, versioned)
+    _versioned(folder, [copy, *([Path(init_from)] if weights else [])])
     return [f"trainflow init: {folder}", *(f"  {line}" for line in declaration.summary),
             "  params.yaml: the inferred declaration, each choice with its reason (edit freely)",
             f"  {copy}: your data, versioned by DVC ({copy}.dvc)",

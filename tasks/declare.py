@@ -97,27 +97,56 @@ MODES = {"L": 1, "RGB": 3, "RGBA": 4}
 def image_folder(folder: Path) -> tuple[list[tuple[str, str]], tuple[int, int, int]]:
     """The (relative path, class) of every image in a folder of one subfolder per class, and their
     common (C, H, W) shape. trainflow never resizes, so every image must have the same size."""
-    from PIL import Image, UnidentifiedImageError
-
     classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     files = [(f.relative_to(folder).as_posix(), d.name) for d in classes for f in sorted(d.rglob("*"))
              if f.suffix.lower() in IMAGE_SUFFIXES]
     if len(classes) < 2 or not files:
         raise UserError(f"{folder}: expected one subfolder of PNG/JPEG images per class, found {len(classes)} "
                         f"subfolder(s) and {len(files)} image(s)")
+    return files, image_shape(folder, files)
+
+
+def is_manifest(path: Path) -> bool:
+    """A CSV whose columns include path and label, its first path naming an image: an image manifest."""
+    try:
+        head = pd.read_csv(path, nrows=1, dtype=str, encoding="utf-8")
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError):
+        return False  # not for this check to judge: reading it as a table names the problem
+    return {"path", "label"} <= set(head.columns) and len(head) == 1 and \
+        str(head["path"].iloc[0]).lower().endswith(IMAGE_SUFFIXES)
+
+
+def image_manifest(manifest: Path) -> tuple[list[tuple[str, str]], tuple[int, int, int]]:
+    """The (path, label) rows of an existing manifest (paths relative to its folder) and the images'
+    common (C, H, W) shape."""
+    frame = pd.read_csv(manifest, dtype=str, encoding="utf-8", keep_default_na=False)
+    root = manifest.parent.resolve()
+    for line, name in enumerate(frame["path"], start=2):
+        if not name.strip() or not (root / name).resolve().is_relative_to(root):
+            raise UserError(f"{manifest}: line {line}: path {name!r} is not inside the manifest's folder {root}")
+    files = list(zip(frame["path"], frame["label"], strict=True))
+    if frame["label"].nunique() < 2:
+        raise UserError(f"{manifest}: column 'label' has {frame['label'].nunique()} distinct value(s); a model needs 2 or more")
+    return files, image_shape(manifest.parent, files)
+
+
+def image_shape(root: Path, files: list[tuple[str, str]]) -> tuple[int, int, int]:
+    """The (C, H, W) every image shares; one line naming a file that cannot be read or is another size."""
+    from PIL import Image, UnidentifiedImageError
+
     shapes = {}
     for name, _ in files:
         try:
-            with Image.open(folder / name) as image:
+            with Image.open(root / name) as image:
                 image.load()
                 shapes.setdefault((MODES.get(image.mode, 3), image.size[1], image.size[0]), name)
         except (UnidentifiedImageError, OSError) as e:
-            raise UserError(f"{folder / name}: not a readable image ({type(e).__name__}): remove or replace it") from None
+            raise UserError(f"{root / name}: not a readable image ({type(e).__name__}): remove or replace it") from None
     if len(shapes) > 1:
         (first, a), (second, b) = list(shapes.items())[:2]
-        raise UserError(f"{folder}: images of different sizes ({a} is {first[1]}x{first[2]}, {b} is {second[1]}x{second[2]}): "
+        raise UserError(f"{root}: images of different sizes ({a} is {first[1]}x{first[2]}, {b} is {second[1]}x{second[2]}): "
                         f"trainflow never resizes; make them one size first")
-    return files, next(iter(shapes))
+    return next(iter(shapes))
 
 
 def declare_images(files: list[tuple[str, str]], shape: tuple[int, int, int], manifest: Path,

@@ -143,3 +143,28 @@ def test_trainflow_stages_follows_params_and_keeps_the_projects_own(tmp_path):
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     assert "finetune" in stages and stages["finetune"]["deps"] == ["data/augmented", "data/repaired"]
     assert write_stages(project, check=True)
+
+
+def test_init_on_an_existing_manifest_copies_only_the_images_it_names(tmp_path):
+    tree = _digit_tree(tmp_path, count=60)
+    (tree / "notes.txt").write_text("not an image, not named")
+    named = sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*.png"))[:50]
+    (tree / "labels.csv").write_text("path,label\n" + "".join(f"{p},{p.split('/')[0]}\n" for p in named))
+    result = _init(tmp_path / "project", "--data", tree / "labels.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    project = tmp_path / "project"
+    params = load_params(project / "params.yaml")
+    assert params.ingest.source.kind == "image_manifest" and params.ingest.source.path == Path("data/labels/manifest.csv")
+    copied = sorted(p.relative_to(project / "data" / "labels").as_posix() for p in (project / "data" / "labels").rglob("*.png"))
+    assert copied == named and not (project / "data" / "labels" / "notes.txt").exists()
+    assert (project / "data" / "labels.dvc").exists()
+
+
+def test_a_manifest_path_outside_its_folder_is_one_line(tmp_path):
+    tree = _digit_tree(tmp_path, count=20)
+    first = next(tree.rglob("*.png")).relative_to(tree).as_posix()
+    (tree / "labels.csv").write_text(f"path,label\n{first},a\n../elsewhere.png,b\n")
+    result = _init(tmp_path / "project", "--data", tree / "labels.csv", cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert "line 3: path '../elsewhere.png' is not inside the manifest's folder" in result.stderr
+    assert not (tmp_path / "project").exists()
