@@ -1,7 +1,9 @@
 """The `trainflow` command. `trainflow init DIR --data FILE --label COLUMN` makes a project folder
 anywhere on disk for a table (or `--data FOLDER` for images, one subfolder per class, a manifest
-written for them; or `--data manifest.csv`, an existing one): the data copied in and versioned by DVC, a params.yaml inferred from it (each
-choice with the reason), a dvc.yaml with the stages the project needs, git with a first commit.
+written for them; or `--data manifest.csv`, an existing one): the data copied in and versioned by
+DVC, a params.yaml inferred from it (each choice with the reason), a dvc.yaml with the stages the
+project needs, git with a first commit. `trainflow stages` rewrites those stages after an edit;
+`trainflow predict` scores new rows (flows/predict.py).
 Then `cd DIR && dvc repro` builds it. A mistake is one line on stderr and exit 2; nothing of the
 user's is overwritten without --force.
 """
@@ -35,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("--init-from", metavar="WEIGHTS",
                       help="fine-tune from these weights instead of training from scratch: package:efficientnet-lite0 "
                            "(images), package:all-minilm-l6-v2, or a .safetensors file for the declared network")
+    init.add_argument("--compress", action="store_true",
+                      help="also a compress stage: quantized, pruned and distilled versions, the best within budgets")
     init.add_argument("--force", action="store_true", help="replace params.yaml and dvc.yaml of an existing project")
     stages = commands.add_parser("stages", help="rewrite dvc.yaml's trainflow stages from params.yaml",
                                  description=write_stages.__doc__)
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             state = "current" if current else "NOT current: run trainflow stages" if args.check else "rewritten"
             print(f"{args.folder / 'dvc.yaml'}: {state}")
             return 0 if current or not args.check else 1
-        lines = init_project(args.folder, args.data, args.label, args.force, args.task, args.init_from)
+        lines = init_project(args.folder, args.data, args.label, args.force, args.task, args.init_from, args.compress)
     except UserError as e:
         print(f"error: trainflow {args.command}: {e}", file=sys.stderr)
         return 2
@@ -88,7 +92,7 @@ def write_stages(folder: Path, check: bool = False) -> bool:
 
 
 def init_project(folder: Path, data: Path, label: str, force: bool = False, task: str | None = None,
-                 init_from: str | None = None) -> list[str]:
+                 init_from: str | None = None, compress: bool = False) -> list[str]:
     """Infer the declaration from the data and write the project; returns what to tell the user."""
     from tasks.config import SourceConfig, load_params
     from tasks.declare import declare, declare_images, image_folder, image_manifest, is_manifest
@@ -105,13 +109,15 @@ def init_project(folder: Path, data: Path, label: str, force: bool = False, task
             raise UserError(f"--init-from {init_from}: no such file")
         init_from = (Path("weights") / weights.name).as_posix()
     manifest = data.is_file() and data.suffix.lower() == ".csv" and is_manifest(data)
+    if compress and task == "regression":
+        raise UserError("--compress: compression is for classifiers; a regression model is not compressed yet")
     if data.is_dir() or manifest:  # images: copied, with a manifest of path,label
         if task == "regression":
             raise UserError(f"{data}: images are read as classes: --task regression needs a table")
         files, shape = image_manifest(data) if manifest else image_folder(data)
         root = data.parent if manifest else data
         copy = Path("data") / (data.stem if manifest else data.name)
-        declaration = declare_images(files, shape, copy / "manifest.csv", init_from)
+        declaration = declare_images(files, shape, copy / "manifest.csv", init_from, compress)
         folder.mkdir(parents=True, exist_ok=True)
         if manifest:  # the images it names, at the same relative paths; nothing else of their folder
             for path, _ in files:
@@ -127,7 +133,7 @@ def init_project(folder: Path, data: Path, label: str, force: bool = False, task
             raise UserError(f"{data}: trainflow init reads a .csv or .parquet file, or a folder of images (one subfolder "
                             f"per class)")
         frame = read_source(SourceConfig(kind=kind, path=data), None)
-        declaration = declare(frame, copy, label, kind, task, init_from)
+        declaration = declare(frame, copy, label, kind, task, init_from, compress)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "data").mkdir(exist_ok=True)
         shutil.copyfile(data, folder / copy)  # the user's file stays as it is; DVC versions this copy

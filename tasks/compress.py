@@ -87,14 +87,18 @@ class CompressResult:
 
 
 def needs_labelled_ids(params: Params) -> bool:
-    """Pruning fine-tunes and a `labels: few` distillation use finetune's labelled ids."""
+    """Pruning fine-tunes and a `labels: few` distillation of finetune's model use its labelled ids
+    (train's model learnt from every label of its pool: no ids to read)."""
     cfg = params.compress
-    return bool(cfg.prune) or (cfg.distill is not None and cfg.distill.labels == "few")
+    return cfg.model == "finetune" and (bool(cfg.prune) or (cfg.distill is not None and cfg.distill.labels == "few"))
 
 
 def run(params: Params, data: CompressData) -> CompressResult:
     """The compress stage: candidates made, measured, judged against the budgets; the pick exported."""
     cfg = params.compress
+    if data.spec.task == "regression":
+        raise UserError("compress: compression is for classifiers; a regression model is not compressed yet: remove the "
+                        "compress block (and its stage: trainflow stages)")
     x, y = to_arrays(data.test, params.data, data.spec.classes)
     candidates, failed = make_candidates(params, data)
     rows = [measure(c, x, y, cfg.latency) for c in candidates]
@@ -151,7 +155,7 @@ def make_candidates(params: Params, data: CompressData) -> tuple[list[Candidate]
 def _labels_kept(params: Params, data: CompressData, mode: str, y: np.ndarray) -> np.ndarray:
     """The pool's labels where compression may use them (DistillConfig.labels: all, none, or few: the
     rows finetune labelled), UNLABELLED elsewhere."""
-    if mode == "all":
+    if mode == "all" or (mode == "few" and params.compress.model == "train"):  # train's model saw every label
         return y
     if mode == "none":
         return np.full_like(y, UNLABELLED)

@@ -614,12 +614,14 @@ class DistillConfig(Strict):
     """A smaller student trained on the teacher's softened logits."""
 
     student: BackboneConfig = Field(
-        BackboneConfig(widths=[16, 32, 48], hidden=64, dropout=0.1), description="The student network.")
+        BackboneConfig(widths=[16, 32, 48], hidden=64, dropout=0.1),
+        description="The student network (data.modality other than image: an mlp of widths [32, 32] unless written).")
     temperature: PositiveFloat = Field(4.0, description="Softening temperature.")
     alpha: Annotated[float, Field(ge=0, le=1)] = Field(
         0.7, description="Weight of the soft (teacher) loss; 1 - alpha on labels.")
     labels: Literal["few", "all", "none"] = Field(
-        "few", description="Hard labels: few = the rows finetune labelled (finetune.labels_per_class, finetune.seed), "
+        "few", description="Hard labels: few = the rows finetune labelled (finetune.labels_per_class, finetune.seed; with "
+                           "compress.model train: every pool label, which train learnt from), "
                            "all = every train-pool label, none = teacher only. Every pool image gets the teacher's soft targets.")
     augment_copies: int = Field(
         0, ge=0, description="Extra augmented copies of every pool image (settings: augment), teacher-labelled.")
@@ -801,6 +803,14 @@ class Params(Strict):
                 object.__setattr__(self, "evaluate", self.evaluate.model_copy(update={"gate": gate}))
         elif self.train.loss == "mse":
             raise ValueError("train.loss: mse is for a numeric label: set data.task: regression")
+        distill = self.compress.distill
+        if distill is not None and self.data.modality != "image" and distill.student.kind == "cnn":
+            if "student" in distill.model_fields_set:
+                raise ValueError(f"compress.distill.student: a cnn needs images, data.modality is {self.data.modality}: "
+                                 "use e.g. {kind: mlp, widths: [32, 32]}")
+            # the image default's counterpart for a table: a narrower MLP than the teacher's
+            distill = distill.model_copy(update={"student": BackboneConfig(kind="mlp", widths=[32, 32], dropout=0.1)})
+            object.__setattr__(self, "compress", self.compress.model_copy(update={"distill": distill}))
         return self
 
     def dataset_names(self) -> list[str]:

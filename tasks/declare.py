@@ -41,10 +41,11 @@ class Declaration:
 
 
 def declare(frame: pd.DataFrame, source: Path, label: str, kind: str, task: str | None = None,
-            init_from: str | None = None) -> Declaration:
+            init_from: str | None = None, compress: bool = False) -> Declaration:
     """The project for a table read from `source` (a csv or parquet file) with `label` as the target.
     `task`: classification | regression | None (inferred: see `infer_task`); `init_from`: starting weights
-    for a finetune stage (finetune.init_from), or None to train from scratch."""
+    for a finetune stage (finetune.init_from), or None to train from scratch; `compress`: a compress
+    stage for the evaluated model."""
     if label not in frame.columns:
         raise UserError(f"{source}: no column '{label}' (--label); columns are {list(map(str, frame.columns))[:12]}")
     labels = frame[label].dropna()
@@ -69,7 +70,8 @@ def declare(frame: pd.DataFrame, source: Path, label: str, kind: str, task: str 
     if dropped:
         raise UserError(f"{source}: column(s) {dropped[:5]} hold free text (more than {MAX_CATEGORIES} distinct values); "
                         f"drop them from the file or encode them first")
-    params = _params_text(frame, source, label, id_column, kind, columns, notes, task, why, init_from)
+    params = _params_text(frame, source, label, id_column, kind, columns, notes, task, why, init_from) \
+        + _compress_lines(compress, init_from)
     target = (f"a number ({task}: {why})" if task == "regression" else f"with {labels.nunique()} classes")
     summary = [f"{len(frame)} rows, {len(columns)} features, label '{label}' {target}",
                f"id column: {id_column}" if id_column else "no id column: rows are numbered from 0"]
@@ -150,7 +152,7 @@ def image_shape(root: Path, files: list[tuple[str, str]]) -> tuple[int, int, int
 
 
 def declare_images(files: list[tuple[str, str]], shape: tuple[int, int, int], manifest: Path,
-                   init_from: str | None = None) -> Declaration:
+                   init_from: str | None = None, compress: bool = False) -> Declaration:
     """The project for a folder of images whose manifest (path,label) is at `manifest`."""
     counts = pd.Series([label for _, label in files]).value_counts()
     ratio = counts.max() / counts.min()
@@ -201,7 +203,7 @@ def declare_images(files: list[tuple[str, str]], shape: tuple[int, int, int], ma
     ]
     summary = [f"{len(files)} images of {height}x{width}, {channels} channel(s), in {len(counts)} classes",
                f"manifest: {manifest.as_posix()}"]
-    params = "\n".join(lines)
+    params = "\n".join(lines) + _compress_lines(compress, init_from)
     return Declaration(params, dvc_yaml(params), summary)
 
 
@@ -351,6 +353,16 @@ def _params_text(frame: pd.DataFrame, source: Path, label: str, id_column: str |
         "",
     ]
     return "\n".join(lines)
+
+
+def _compress_lines(compress: bool, init_from: str | None) -> str:
+    """--compress: quantization, pruning and a distilled student of the evaluated model, each measured
+    and judged against the default budgets (docs/compression.md)."""
+    if not compress:
+        return ""
+    model = "finetune" if init_from else "train"
+    return (f"compress:                     # --compress: cheaper versions of the {model} model, the best within "
+            f"budgets\n  model: {model}\n")
 
 
 def _finetune_lines(init_from: str | None, optimizer: str, trainer: str) -> list[str]:

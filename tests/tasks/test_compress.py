@@ -16,6 +16,7 @@ from tasks.budgets import judge_budgets, measure
 from tasks.compress import (
     apply_pruning,
     distill_candidate,
+    needs_labelled_ids,
     original,
     prunable,
     prune_candidate,
@@ -280,3 +281,13 @@ def test_run_measures_judges_and_exports_with_finetunes_labelled_ids(tiny):
     assert [r["name"] for r in result.rows] == ["original", "dynamic_int8", "prune_global_unstructured_50"]
     assert result.metrics["chosen"] == result.chosen.name and result.onnx[:2] and "## Budgets" in result.card
     assert result.rows[2]["nonzero_parameters"] < result.rows[0]["nonzero_parameters"]
+
+
+def test_train_s_model_is_compressed_without_finetune_s_labelled_ids():
+    from tasks.config import parse_params
+
+    table = {"data": {"modality": "tabular", "image_shape": None}}
+    assert needs_labelled_ids(parse_params({**table, "compress": {"model": "finetune"}}))
+    assert not needs_labelled_ids(parse_params({**table, "compress": {"model": "train"}}))  # it learnt from every label
+    with pytest.raises(Exception, match="a cnn needs images, data.modality is tabular"):
+        parse_params({**table, "compress": {"distill": {"student": {"kind": "cnn"}}}})

@@ -93,3 +93,12 @@ def test_a_starting_model_makes_a_finetune_stage_and_no_train_stage(start):
     stages = yaml.safe_load(declared.dvc)["stages"]
     assert "train" not in stages and stages["evaluate"]["deps"][0] == "models/finetune"
     assert stages["finetune"]["deps"][0] == (start if start.endswith(".safetensors") else "data/augmented")
+
+
+def test_compress_asks_for_a_compress_stage_of_the_evaluated_model():
+    declared = declare(_table(), SOURCE, "label", "csv", compress=True)
+    params = parse_params(yaml.safe_load(declared.params))
+    assert params.compress.model == "train" and params.compress.distill.student.kind == "mlp"  # a table's student
+    stages = yaml.safe_load(declared.dvc)["stages"]
+    assert list(stages)[-1] == "compress" and stages["compress"]["deps"][0] == "models/train"
+    assert "data/finetune/labelled_ids.parquet" not in stages["compress"]["deps"]  # train learnt from every label
