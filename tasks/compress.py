@@ -99,6 +99,9 @@ def run(params: Params, data: CompressData) -> CompressResult:
     if data.spec.task == "regression":
         raise UserError("compress: compression is for classifiers; a regression model is not compressed yet: remove the "
                         "compress block (and its stage: trainflow stages)")
+    if cfg.distill is not None and cfg.distill.student.kind == "cnn" and params.data.modality != "image":
+        raise UserError(f"compress.distill.student: a cnn needs images, data.modality is {params.data.modality}: "
+                        "use e.g. {kind: mlp, widths: [32, 32]}")
     x, y = to_arrays(data.test, params.data, data.spec.classes)
     candidates, failed = make_candidates(params, data)
     rows = [measure(c, x, y, cfg.latency) for c in candidates]
