@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -110,14 +111,18 @@ def api(url: str, path: str, body: dict | None = None, auth: str | None = AUTH, 
             time.sleep(1 + attempt)
 
 
-@pytest.fixture(scope="module")
-def deployed(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("deploy")
+@contextmanager
+def deployment(tmp: Path, build: list[str] | None = None):
+    """A copy of the repo on the shrunk config, a server with basic auth, `make deploy` and `make
+    worker` against it; `build`: a command run in the copy first (say, the stages a deployment reads)."""
     root = make_repo(tmp / "repo")
     server, url = start_server(tmp / "server-home", client_env(root, ""), auth=AUTH)
     env = client_env(root, url, auth=AUTH)
     worker = None
     try:
+        if build:
+            built = subprocess.run(build, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+            assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
         done = make(root, "deploy", env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         out, _ = done.communicate(timeout=300)
         assert done.returncode == 0, out[-3000:]
@@ -129,6 +134,12 @@ def deployed(tmp_path_factory):
             stop(worker)
         stop_warm(root)
         stop(server)
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    with deployment(tmp_path_factory.mktemp("deploy")) as made:
+        yield made
 
 
 def wait_for_run(url: str, flow_run_id: str, timeout: float) -> dict:

@@ -5,37 +5,19 @@ split and its artifacts are on the server; a run with a missing input fails with
 
 from __future__ import annotations
 
-import subprocess
-
 import pandas as pd
 import pytest
 
-from tests.e2e.test_deployment import AUTH, api, client_env, make, make_repo, start_server, stop, stop_warm, wait_for_run
+from tests.e2e.test_deployment import api, deployment, wait_for_run
 
 pytestmark = pytest.mark.slow  # a server, the shrunk pipeline to evaluate, a worker: about 3 minutes on 2 cores
 
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("predict-deploy")
-    root = make_repo(tmp / "repo")
-    server, url = start_server(tmp / "server-home", client_env(root, ""), auth=AUTH)
-    env = client_env(root, url, auth=AUTH)
-    worker = None
-    try:
-        built = subprocess.run(["dvc", "repro", "evaluate"], cwd=root, env=env, capture_output=True, text=True, timeout=900)
-        assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-        done = make(root, "deploy", env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        out, _ = done.communicate(timeout=300)
-        assert done.returncode == 0, out[-3000:]
-        worker = make(root, "worker", env, stdout=open(tmp / "worker.log", "wb"), stderr=subprocess.STDOUT,
-                      start_new_session=True)
-        yield root, url, tmp / "worker.log"
-    finally:
-        if worker:
-            stop(worker)
-        stop_warm(root)
-        stop(server)
+    # predict reads evaluate's model and the fitted repairer: the stages up to evaluate built first
+    with deployment(tmp_path_factory.mktemp("predict-deploy"), build=["dvc", "repro", "evaluate"]) as (root, url, _, log):
+        yield root, url, log
 
 
 def _run(url: str, parameters: dict) -> dict:
