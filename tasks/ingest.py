@@ -15,6 +15,8 @@ import gzip
 import math
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -82,13 +84,10 @@ def _read_user_file(source: SourceConfig) -> pd.DataFrame:
         if source.kind == "parquet":
             frame = pd.read_parquet(path)
         else:
-            frame = read_csv(path, compression=compression)
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text ({first_bad_byte(path, compression)}); re-save it as UTF-8") from None
-    except pd.errors.EmptyDataError:
-        raise UserError(f"{path}: source file has no columns") from None
-    except (pd.errors.ParserError, pd.errors.ParserWarning) as e:
-        raise UserError(f"{path}: {ragged_message(str(e))}") from None
+            with strict_csv(path, compression, "source file has no columns"):
+                frame = pd.read_csv(path, encoding="utf-8", compression=compression, index_col=False)
+    except UserError:
+        raise
     except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
         raise UserError(f"{path}: cannot be read ({e.strerror})") from None
     except OSError:  # an I/O hiccup (a network drive, EIO): load_source retries it
@@ -157,13 +156,22 @@ def sniff(path, kind: str) -> str | None:
     return None
 
 
-def read_csv(path, compression: str | None = None) -> pd.DataFrame:
-    """A CSV whose every line has the header's fields. pandas would take a first data line with one
-    field more than the header as an index column (shifting every value one column left), and only
-    warns when told not to: that warning is an error here."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", pd.errors.ParserWarning)
-        return pd.read_csv(path, encoding="utf-8", compression=compression, index_col=False)
+@contextmanager
+def strict_csv(path, compression: str | None, no_columns: str) -> Iterator[None]:
+    """Around a pandas CSV read (a whole file, or each chunk of a chunked one): the ways it fails as
+    one line each. pandas would take a first data line with one field more than the header as an
+    index column (shifting every value one column left), and only warns when told not to: that
+    warning is an error here, as a ragged line is."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            yield
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text ({first_bad_byte(path, compression)}); re-save it as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: {no_columns}") from None
+    except (pd.errors.ParserError, pd.errors.ParserWarning) as e:
+        raise UserError(f"{path}: {_ragged(str(e))}") from None
 
 
 def first_bad_byte(path, compression: str | None) -> str:
@@ -180,7 +188,7 @@ def first_bad_byte(path, compression: str | None) -> str:
     return "at its end"
 
 
-def ragged_message(message: str) -> str:
+def _ragged(message: str) -> str:
     """pandas' 'Expected 4 fields in line 7, saw 5' in our words."""
     found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
     if "Length of header or names does not match" in message:

@@ -18,7 +18,6 @@ Which model runs, and how: tasks/champion.py.
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,9 +35,9 @@ from tasks.ingest import (
     big_integers_as_text,
     csv_header,
     first_bad_byte,
-    ragged_message,
     refuse_repeated_header,
     sniff,
+    strict_csv,
     with_integer_ids,
 )
 from tasks.repair.ledger import SCHEMA as LEDGER_SCHEMA
@@ -103,17 +102,10 @@ def _csv_chunks(path: Path, rows: int, compression: str | None) -> Iterator[pd.D
     reader = None
     while True:
         try:
-            with warnings.catch_warnings():  # as ingest's read_csv: a shifted first line is an error, not a warning
-                warnings.simplefilter("error", pd.errors.ParserWarning)
+            with strict_csv(path, compression, "the file has no columns"):  # ingest's checks, on each chunk as it parses
                 reader = reader or pd.read_csv(path, encoding="utf-8", compression=compression, index_col=False,
                                                chunksize=rows)
                 chunk = next(reader, None)
-        except UnicodeDecodeError:
-            raise UserError(f"{path}: not UTF-8 text ({first_bad_byte(path, compression)}); re-save it as UTF-8") from None
-        except pd.errors.EmptyDataError:
-            raise UserError(f"{path}: the file has no columns") from None
-        except (pd.errors.ParserError, pd.errors.ParserWarning) as e:
-            raise UserError(f"{path}: {ragged_message(str(e))}") from None
         except OSError as e:
             raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
         if chunk is None:
