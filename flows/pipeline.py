@@ -10,6 +10,10 @@ own flow run (and its artifacts) land on the same server. Cancelling the run (UI
 worker's SIGTERM) stops the stage's whole process group; outputs are written atomically and
 dvc.lock changes only when a stage finishes, so the next run picks up where this one stopped.
 
+One run at a time in a checkout: the flow holds an flock on .dvc/tmp/trainflow-pipeline.lock for
+its whole run; a second run logs whose run it waits for, then runs (finding the first one's stages
+up to date), or fails after TRAINFLOW_PIPELINE_WAIT_S (default an hour).
+
 Params overrides (`-S train.optimizer.lr=0.01`) are applied as `dvc exp run -S` applies them
 (DVC's Hydra override grammar; params.yaml keeps its comments), but only after the result has
 parsed through tasks/config.py: a bad override fails the run before any stage starts and leaves
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextvars
+import fcntl
 import os
 import re
 import shutil
@@ -32,6 +37,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -49,6 +56,10 @@ PARAMS = Path("params.yaml")
 STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL for whatever of a stage's process group is left
 POLL_S = 2.0  # how often a running stage asks the server whether its flow run was cancelled
 CONSOLE_PREFIX = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| \w+ +\| ")  # the stage's own Prefect console format
+# One pipeline run at a time in a checkout. Not flows/_stage.py's stage lock: the stages this run
+# starts take that one themselves, one after another, while this run holds its own for its whole length.
+PIPELINE_LOCK = Path(".dvc") / "tmp" / "trainflow-pipeline.lock"  # under the DVC project's root
+PIPELINE_WAIT_S = float(os.environ.get("TRAINFLOW_PIPELINE_WAIT_S", "3600"))  # then a second run is refused
 
 
 # ------------------------------------------------------------------------------ what DVC says
@@ -228,11 +239,64 @@ def _follow(process: subprocess.Popen, stage: str, logger) -> tuple[bool, list[s
     return cancelled, tail
 
 
+# ---------------------------------------------------------------------- one run per checkout
+def _this_run() -> str:
+    """How a waiting run names this one: the flow run's name and id, and the pid."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run = context.flow_run if context else None
+    return f"'{run.name}' ({run.id}), pid {os.getpid()}" if run else f"pid {os.getpid()}"
+
+
+@contextmanager
+def pipeline_lock(holder: str, wait_s: float = PIPELINE_WAIT_S, log: Callable[[str], None] = print,
+                  poll_s: float = 0.5) -> Iterator[None]:
+    """Hold this checkout's pipeline lock (an flock on .dvc/tmp/trainflow-pipeline.lock) for a whole
+    run, so two runs never interleave their stages or their params overrides. Busy: log once who
+    holds it and wait; still busy after `wait_s`: a UserError. The kernel releases it when this
+    process dies, however it dies. Outside a DVC project: no lock."""
+    root = next((folder for folder in (Path.cwd(), *Path.cwd().parents) if (folder / ".dvc").is_dir()), None)
+    if root is None:
+        yield
+        return
+    path = root / PIPELINE_LOCK
+    path.parent.mkdir(exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # the stages it starts do not inherit it
+    try:
+        deadline, waiting = time.monotonic() + wait_s, None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                other = os.pread(fd, 300, 0).decode(errors="replace").strip() or "of an unknown pid"
+                if waiting is None:
+                    log(f"waiting for the pipeline run {other} in this checkout")
+                    waiting = time.monotonic()
+                if time.monotonic() >= deadline:
+                    raise UserError(f"refused after waiting {time.monotonic() - waiting:.0f} s: the pipeline run {other} "
+                                    "still runs in this checkout (one at a time; TRAINFLOW_PIPELINE_WAIT_S sets the wait)"
+                                    ) from None
+                time.sleep(poll_s)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{holder}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 # ------------------------------------------------------------------------------- the flow
 @flow(name="pipeline", log_prints=True)
 @fails_cleanly
 def pipeline(targets: list[str] | None = None, force: bool = False, overrides: list[str] | None = None):
-    """Run the stages of dvc.yaml (or of `targets` and what they depend on) in DVC's order."""
+    """Run the stages of dvc.yaml (or of `targets` and what they depend on) in DVC's order, one
+    run at a time in a checkout: a second run waits for the first (then finds its stages up to date)."""
+    with pipeline_lock(_this_run(), PIPELINE_WAIT_S, log=get_run_logger().info):
+        return _run_stages(targets, force, overrides)
+
+
+def _run_stages(targets: list[str] | None, force: bool, overrides: list[str] | None):
     apply_overrides(list(overrides or []))
     stages = stages_upstream_of(targets)
     print(f"stages, upstream first: {', '.join(stages)}")

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import psutil
 import pytest
 import yaml
 
-from flows.pipeline import apply_overrides, pipeline, stages_upstream_of
+from flows import pipeline as pipeline_module
+from flows.pipeline import apply_overrides, pipeline, pipeline_lock, stages_upstream_of
 from tasks.errors import UserError
 from tests.conftest import ROOT, copy_repo, shrunk_params_dict
 
@@ -99,6 +101,48 @@ def test_a_bad_override_fails_before_any_stage(in_repo, prefect_harness, overrid
     state = pipeline(overrides=[override], return_state=True)
     assert state.is_failed() and expected in state.message and "\n" not in state.message
     assert (in_repo / "params.yaml").read_bytes() == params and (in_repo / "dvc.lock").exists() == lock
+    assert _task_runs(state.state_details.flow_run_id) == {}
+
+
+def test_a_second_pipeline_in_the_checkout_waits_once_then_runs(tmp_path, monkeypatch):
+    (tmp_path / ".dvc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    held, order, said = threading.Event(), [], []
+
+    def first() -> None:
+        with pipeline_lock("'first' (1), pid 1"):
+            held.set()
+            time.sleep(1.0)
+            order.append("first done")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    held.wait(5)
+    with pipeline_lock("'second' (2), pid 2", wait_s=30, log=said.append, poll_s=0.05):
+        order.append("second runs")
+    thread.join()
+    assert order == ["first done", "second runs"]  # never both at once
+    assert said == ["waiting for the pipeline run 'first' (1), pid 1 in this checkout"]  # once, not every poll
+    assert (tmp_path / ".dvc" / "tmp" / "trainflow-pipeline.lock").read_text() == "'second' (2), pid 2\n"
+
+
+def test_a_pipeline_run_is_refused_after_the_wait_and_changes_nothing(in_repo, prefect_harness, monkeypatch):
+    params = (in_repo / "params.yaml").read_bytes()
+    monkeypatch.setattr(pipeline_module, "PIPELINE_WAIT_S", 0.5)
+    # Held by another process, as a run served by a second worker would hold it.
+    holder = subprocess.Popen([sys.executable, "-c", "import time; from flows.pipeline import pipeline_lock\n"
+                               "with pipeline_lock(\"'other' (abc), pid 1\"):\n print('held', flush=True); time.sleep(60)"],
+                              cwd=in_repo, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        state = pipeline(targets=["ingest"], overrides=["train.seed=7"], return_state=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert state.is_failed() and "\n" not in state.message, state.message
+    assert "the pipeline run 'other' (abc), pid 1 still runs in this checkout" in state.message
+    assert "waiting for the pipeline run 'other' (abc), pid 1 in this checkout" in _logs(state.state_details.flow_run_id)
+    assert (in_repo / "params.yaml").read_bytes() == params  # no override applied under another run
     assert _task_runs(state.state_details.flow_run_id) == {}
 
 
