@@ -11,7 +11,11 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Prefect's client state (result storage, profiles) stays in the project; the server is shared by every
+# project of this user (flows/_server.py: ~/.trainflow/prefect unless TRAINFLOW_PREFECT_HOME says).
 export PREFECT_HOME := $(CURDIR)/.prefect
+# `make ui DB=postgres`: the shared server on a PostgreSQL cluster of its own (docs/orchestration.md).
+DB ?=
 
 .PHONY: install run test test-all ui ui-stop bench clean
 
@@ -39,9 +43,7 @@ test-all: $(STAMP)
 	python3 -m pytest -q
 
 ui: $(STAMP)
-	@echo "Prefect UI: http://127.0.0.1:4200  (runs of make run / dvc repro are in .prefect/)"
-	python3 -m flows._server stop >/dev/null
-	python3 -m flows._server serve --host 127.0.0.1 --port 4200
+	@$(if $(DB),TRAINFLOW_PREFECT_DB=$(DB)) python3 -m flows._server ui
 
 ui-stop:
 	python3 -m flows._server stop
@@ -49,16 +51,17 @@ ui-stop:
 bench: $(STAMP)
 	python3 benchmarks/orchestration.py
 
-# Stops this project's Prefect server and warm runner first: deleting .prefect/ under them orphans them.
+# Stops this project's warm runner first: deleting .prefect/ under it orphans it. The Prefect server is
+# shared with other projects: `make ui-stop` stops it.
 clean:
-	-@test -x $(BIN)/python3 && { python3 -m flows._server stop >/dev/null 2>&1; python3 -c 'import flows._warm as w; w.stop()' >/dev/null 2>&1; } || true
+	-@test -x $(BIN)/python3 && python3 -c 'import flows._warm as w; w.stop()' >/dev/null 2>&1 || true
 	rm -rf data models reports checkpoints .prefect dvc_plots
 
 # ---- Deployments (prefect.yaml): `make ui` in one terminal, then `make deploy` and `make worker`.
 .PHONY: deploy worker
 POOL ?= trainflow
 DVC_REMOTE ?= $(CURDIR)/.cache/dvc-remote
-# The server `make ui` runs (found through .prefect/server.json), unless PREFECT_API_URL names another.
+# The shared server `make ui` runs (found through its server.json), unless PREFECT_API_URL names another.
 API_URL = $${PREFECT_API_URL:-$$(python3 -c 'from flows import _server; print(_server.running_url() or "")')}
 NEED_API = api=$(API_URL); test -n "$$api" || { echo "No Prefect server: run 'make ui' first (or set PREFECT_API_URL)." >&2; exit 1; }; export PREFECT_API_URL=$$api
 

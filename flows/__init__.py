@@ -2,8 +2,8 @@
 
 Importing this package first checks that this interpreter has the project's packages (DVC runs a
 stage's command with whatever `python3` the caller's PATH finds, and activates no virtualenv), then
-sets the project's own defaults before Prefect reads its settings (the Prefect home lives inside
-the project, nothing phones home), then hands `python3 -m flows.<stage>` to the warm stage runner
+sets the project's own defaults before Prefect reads its settings (the Prefect client's home lives
+inside the project, nothing phones home), then hands `python3 -m flows.<stage>` to the warm stage runner
 (flows/_warm.py), which runs it in a fork of a process that has already imported torch, Lightning
 and Prefect: a stage then starts in ~0.5 s instead of 5-10 s.
 Stdlib only above the hook, so a delegated stage costs ~30 ms here.

@@ -1,16 +1,25 @@
-"""One Prefect server for a whole run, shared by every stage, instead of one per process.
+"""One Prefect server per user and machine, shared by every trainflow project and every stage.
 
 Without `PREFECT_API_URL`, Prefect 3 starts a temporary server in every process that runs a flow
-(9-20 s each on 2 cores). The first stage of a run starts this project's server instead (SQLite
-under .prefect/, 127.0.0.1 only), the next stages find it through .prefect/server.json, and it
-stops itself after `IDLE_S` without a stage. `make ui` runs the same server in the foreground.
+(9-20 s each on 2 cores). The first stage to run starts the shared server instead (127.0.0.1 only;
+its home, database and log under TRAINFLOW_PREFECT_HOME, default ~/.trainflow/prefect), later
+stages of any project find it through server.json there, and it stops itself after `IDLE_S`
+without a stage. Runs carry their project's name as a tag (flows/_runs.py), so the UI filters one
+project. An explicit `PREFECT_API_URL` always wins.
+
+The database is SQLite unless TRAINFLOW_PREFECT_DB=postgres (a PostgreSQL cluster of the user's
+own under the home, started and stopped with the server: flows/_postgres.py) or
+PREFECT_SERVER_DATABASE_CONNECTION_URL names one. An idle Prefect server polls its database from
+a dozen loop services; `IDLE_SETTINGS` slows the loops a local server does not need often (each
+still overridable in the environment): see docs/orchestration.md for the measured cost.
 
 `serve` is the watchdog of `prefect server start`, its child: every `WATCH_S` it stops the server
-when the home (.prefect/) was deleted or replaced, `last_used` or server.json is gone, or the idle
-time is up. The server never outlives it: any error in the watchdog stops the server, and the
-kernel sends the server SIGTERM if the watchdog dies some other way (kill -9: PR_SET_PDEATHSIG).
+when the home was deleted or replaced, `last_used` or server.json is gone, or the idle time is up.
+The server never outlives it: any error in the watchdog stops the server, and the kernel sends the
+server SIGTERM if the watchdog dies some other way (kill -9: PR_SET_PDEATHSIG).
 
-    python -m flows._server serve [--idle SECONDS]   # the server (the UI at its URL)
+    python -m flows._server ui                       # start it if needed; hold it while open
+    python -m flows._server serve [--idle SECONDS]   # the server itself, in the foreground
     python -m flows._server stop
 """
 
@@ -31,12 +40,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-HOME = Path(os.environ.get("PREFECT_HOME", ".prefect"))
+HOME = Path(os.environ.get("TRAINFLOW_PREFECT_HOME") or Path.home() / ".trainflow" / "prefect")
 STATE = HOME / "server.json"
 LAST_USED = HOME / "last_used"
+POSTGRES = HOME / "postgres"  # TRAINFLOW_PREFECT_DB=postgres: the cluster's folder
 IDLE_S = int(os.environ.get("TRAINFLOW_PREFECT_IDLE_S", "600"))
 WATCH_S = float(os.environ.get("TRAINFLOW_PREFECT_WATCH_S", "2"))  # the watchdog's interval
 START_TIMEOUT_S = 120
+# Loop services of an idle server that a local one can run less often: late runs marked within
+# 30 s not 5, pauses, cancellations, leases and worker health checked each minute, not each 5-20 s.
+IDLE_SETTINGS = {
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "30",
+    "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS": "60",
+    "PREFECT_SERVER_SERVICES_CLEANUP_RECONCILER_LOOP_SECONDS": "60",
+    "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS": "60",
+    "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "60",
+    "PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS": "60",
+    "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "10",
+}
 
 
 def healthy(api_url: str, timeout: float = 2.0) -> bool:
@@ -72,7 +93,7 @@ def in_use(interval_s: float = 30.0) -> Iterator[None]:
 
 
 def running_url() -> str | None:
-    """The API URL of this project's server, if one answers."""
+    """The API URL of the shared server, if one answers."""
     try:
         url = json.loads(STATE.read_text())["api_url"]
     except (OSError, ValueError, KeyError):
@@ -81,7 +102,7 @@ def running_url() -> str | None:
 
 
 def ensure_api_url() -> str:
-    """PREFECT_API_URL if set, else this project's server, started now if none is running."""
+    """PREFECT_API_URL if set, else the shared server, started now if none is running."""
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
     touch()
@@ -94,7 +115,7 @@ def ensure_api_url() -> str:
         log = open(HOME / "server.log", "ab")
         process = subprocess.Popen([sys.executable, "-m", "flows._server", "serve", "--idle", str(IDLE_S)],
                                    stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-        print(f"Starting this project's Prefect server (once per run; log: {HOME / 'server.log'}) ...", file=sys.stderr)
+        print(f"Starting the Prefect server (shared by every project; log: {HOME / 'server.log'}) ...", file=sys.stderr)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if url := running_url():
@@ -193,19 +214,20 @@ def serve(idle_s: int, host: str, port: int) -> int:
     also stops after idle_s without a stage."""
     HOME.mkdir(parents=True, exist_ok=True)
     if url := running_url():
-        print(f"This project's Prefect server is already running: {url.removesuffix('/api')}")
+        print(f"The Prefect server is already running: {url.removesuffix('/api')}")
         return 0
     port = _free_port(port)
-    env = {**os.environ, "PREFECT_HOME": str(HOME.resolve()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    env = {**IDLE_SETTINGS, **os.environ, "PREFECT_HOME": str(HOME.resolve()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_UI_API_URL": f"http://{host}:{port}/api"}
     env.pop("PREFECT_API_URL", None)
+    database = _database(env)
     touch()
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port),
                                "--analytics-off"], env=env, preexec_fn=_dies_with(os.getpid()))
     signal.signal(signal.SIGTERM, lambda *_: server.terminate())
     try:
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/api"
-        _write_state({"api_url": url, "pid": os.getpid(), "server_pid": server.pid})
+        _write_state({"api_url": url, "pid": os.getpid(), "server_pid": server.pid, "database": database})
         reason = watch(server, idle_s)
         print(f"{reason}{': stopping the Prefect server' if server.poll() is None else ''}.", flush=True)
     except KeyboardInterrupt:
@@ -214,7 +236,51 @@ def serve(idle_s: int, host: str, port: int) -> int:
         _stop_server(server)
         if _ours():
             STATE.unlink(missing_ok=True)
+        if database == "postgres":
+            from flows import _postgres
+
+            _postgres.stop(POSTGRES)
     return 0
+
+
+def _database(env: dict) -> str:
+    """Which database the server will use; for TRAINFLOW_PREFECT_DB=postgres, the cluster under the
+    home started now and its URL set in `env`."""
+    if env.get("PREFECT_SERVER_DATABASE_CONNECTION_URL"):
+        return env["PREFECT_SERVER_DATABASE_CONNECTION_URL"].split(":", 1)[0].split("+", 1)[0]
+    wanted = env.get("TRAINFLOW_PREFECT_DB", "sqlite").strip().lower()
+    if wanted in ("postgres", "postgresql"):
+        from flows import _postgres
+
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = _postgres.start(POSTGRES)
+        return "postgres"
+    if wanted != "sqlite":
+        raise SystemExit(f"error: TRAINFLOW_PREFECT_DB={wanted!r}: expected sqlite or postgres")
+    return "sqlite"
+
+
+def ui() -> int:
+    """`make ui`: the shared server's address, the server started first if none runs; held (its
+    idle clock kept at zero) until Ctrl-C, after which it stops once idle as usual."""
+    if explicit := os.environ.get("PREFECT_API_URL"):
+        print(f"PREFECT_API_URL is set: the Prefect UI of {explicit} is at {explicit.removesuffix('/api')}")
+        return 0
+    url = ensure_api_url()
+    state = json.loads(STATE.read_text())
+    wanted = "postgres" if os.environ.get("TRAINFLOW_PREFECT_DB", "").lower().startswith("postgres") else None
+    if wanted and state.get("database") != wanted:
+        print(f"warning: the running server uses {state.get('database', 'sqlite')}: `make ui-stop`, then "
+              f"`make ui DB={wanted}` to switch", file=sys.stderr)
+    print(f"Prefect UI: {url.removesuffix('/api')}  (every trainflow project on this machine; filter by the tag "
+          f"project:<folder>). Home: {HOME}. Ctrl-C to let it stop once idle; `make ui-stop` stops it now.", flush=True)
+    try:
+        with in_use(interval_s=min(30.0, IDLE_S / 2 or 30.0)):
+            while running_url():
+                time.sleep(5)
+    except KeyboardInterrupt:
+        return 0
+    print("The Prefect server stopped.", file=sys.stderr)
+    return 1
 
 
 def _runs_a_server(pid: object) -> bool:
@@ -235,7 +301,7 @@ def stop() -> int:
     try:
         state = json.loads(STATE.read_text())
     except (OSError, ValueError):
-        print("No Prefect server of this project is running.")
+        print("No trainflow Prefect server is running.")
         return 0
     for pid in (state.get("pid"), state.get("server_pid")):
         if _runs_a_server(pid):
@@ -248,7 +314,7 @@ def stop() -> int:
             break
         time.sleep(0.5)
     STATE.unlink(missing_ok=True)
-    print("Stopped this project's Prefect server.")
+    print(f"Stopped the Prefect server ({HOME}).")
     return 0
 
 
@@ -259,13 +325,16 @@ def main() -> int:
     p.add_argument("--idle", type=int, default=0, help="stop after this many seconds without a stage (0: never)")
     p.add_argument("--host", default=os.environ.get("TRAINFLOW_PREFECT_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("TRAINFLOW_PREFECT_PORT", "4200")))
-    sub.add_parser("stop", help="stop this project's server")
+    sub.add_parser("stop", help="stop the shared server")
+    sub.add_parser("ui", help="start the server if needed, print the UI's address and keep it up until Ctrl-C")
     sub.add_parser("url", help="print the API URL, starting the server if needed")
     args = parser.parse_args()
     if args.command == "serve":
         return serve(args.idle, args.host, args.port)
     if args.command == "stop":
         return stop()
+    if args.command == "ui":
+        return ui()
     print(ensure_api_url())
     return 0
 

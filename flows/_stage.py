@@ -107,19 +107,29 @@ def refuse_absent_hardware(params: Params, source: str = "params.yaml") -> None:
 
 
 def run_flow(flow, *args, **kwargs) -> int:
-    """Run `flow` against this project's Prefect server (kept alive while it runs); 0 when it
+    """Run `flow` against the shared Prefect server (kept alive while it runs); 0 when it
     completes, else its message on one line and 1. Every `python -m flows.*` entry point ends here.
+    The flow run is created first with its tags and parent, and recorded while it runs
+    (flows/_runs.py); runs of stages that died without reporting are marked Crashed first.
 
     No heartbeats: Prefect's heartbeat thread sleeps in whole seconds and the engine joins it at
     the end of every run, which cost 0.5-1 s a stage (measured, of a 1.6 s stage); they only serve
-    a zombie-run automation, which a stage of seconds under DVC does not need."""
+    a zombie-run automation, which the record above replaces."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow as run_in_engine
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.utilities.callables import get_call_parameters
 
-    from flows import _server
+    from flows import _runs, _server
 
     settings = {PREFECT_API_URL: _server.ensure_api_url(), PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    parameters = get_call_parameters(flow.fn, args, kwargs)
     with _server.in_use(), temporary_settings(updates=settings):
-        state = flow(*args, return_state=True, **kwargs)
+        with get_client(sync_client=True) as client:
+            _runs.reap(client, _server.HOME)
+            flow_run = _runs.create(client, flow, parameters)
+        with _runs.recorded(_server.HOME, flow_run.id):
+            state = run_in_engine(flow, flow_run=flow_run, parameters=parameters, return_type="state")
     if not state.is_completed():
         print(f"error: {flow.name}: {state.message}", file=sys.stderr)
         return 1

@@ -183,7 +183,7 @@ def _request(sock, module):
         except OSError:
             os.open(os.devnull, os.O_RDWR)  # takes the lowest free fd: this one
     body = json.dumps({"module": module, "argv": ["-m"] + sys.argv[1:], "cwd": os.getcwd(),
-                       "env": dict(os.environ), "path": sys.path, "exe": _python(),
+                       "env": {**os.environ, "TRAINFLOW_CLIENT_PID": str(os.getpid())}, "path": sys.path, "exe": _python(),
                        "orig_argv": sys.orig_argv, "ignored": _ignored()}).encode()
     socket.send_fds(sock, [len(body).to_bytes(4, "big")], [0, 1, 2])
     sock.sendall(body)

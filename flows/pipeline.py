@@ -123,7 +123,10 @@ def staleness(stage: str) -> str | None:
 # --------------------------------------------------------------------------- running a stage
 def stage_env() -> dict[str, str]:
     """This process's environment plus what a stage needs to report to the same server."""
+    from prefect.context import FlowRunContext, TaskRunContext
     from prefect.settings import get_current_settings
+
+    from flows import _runs
 
     settings = get_current_settings()
     env = dict(os.environ, PYTHONUNBUFFERED="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -134,6 +137,12 @@ def stage_env() -> dict[str, str]:
     # When this flow itself runs in a warm fork (flows/_warm.py), that fork's mark would make every
     # stage start cold; a stage is a separate `python -m flows.<stage>` that may be warm again.
     env.pop(CHILD_ENV, None)
+    env.pop(_runs.CLIENT_PID_ENV, None)
+    # The stage's flow run is a subflow of this task's run, and its tag groups it with this run's.
+    if task_run := TaskRunContext.get():
+        env[_runs.PARENT_ENV] = str(task_run.task_run.id)
+    if flow_run := FlowRunContext.get():
+        env[_runs.GROUP_ENV] = str(flow_run.flow_run.id)[:8]
     return env
 
 

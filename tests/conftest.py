@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,9 @@ from tasks.config import Params, parse_params
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# The suite's own shared Prefect server home (flows/_server.py): tests never start, stop or record runs in
+# the user's ~/.trainflow. Tests that need a server of their own set TRAINFLOW_PREFECT_HOME themselves.
+os.environ["TRAINFLOW_PREFECT_HOME"] = tempfile.mkdtemp(prefix="trainflow-tests-prefect-")
 
 
 def shrunk_params_dict() -> dict:

@@ -37,8 +37,11 @@ NOT_DEPS = {
     "flows/__init__.py",
     # The warm runner: runs `python -m flows.<stage>` in a fork of a preloaded process (same code, same argv).
     "flows/_warm.py",
-    # The shared Prefect server a stage reports to (run_flow points Prefect at it).
+    # The shared Prefect server a stage reports to (run_flow points Prefect at it), and its PostgreSQL.
     "flows/_server.py",
+    "flows/_postgres.py",
+    # How a stage's flow run is tagged, parented and recorded on that server.
+    "flows/_runs.py",
 }
 NOT_DEP_EDGES = {
     # refuse_absent_hardware() calls tasks.train.hardware_plan() only to refuse an accelerator this machine

@@ -83,6 +83,7 @@ def make_repo(dest: Path) -> Path:
 def client_env(root: Path, api_url: str, auth: str | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TRAINFLOW_"))}
     env.update(PATH=f"{VENV / 'bin'}:{env['PATH']}", PREFECT_HOME=str(root / ".prefect"), PREFECT_API_URL=api_url,
+               TRAINFLOW_PREFECT_HOME=str(root.parent / "prefect-server"),
                DVC_NO_ANALYTICS="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
     if auth:
         env["PREFECT_API_AUTH_STRING"] = auth

@@ -36,7 +36,9 @@ def _run_from_scratch(root: Path) -> dict[str, str]:
     (root / "params.yaml").write_text(yaml.safe_dump(_params(), sort_keys=False))
     (root / "dvc.lock").unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TRAINFLOW_"))}
-    env.update(PATH=f"{BIN}:{env['PATH']}", PREFECT_HOME=str(root / ".prefect"), TRAINFLOW_PREFECT_PORT=str(free_port()),
+    env.update(PATH=f"{BIN}:{env['PATH']}", PREFECT_HOME=str(root / ".prefect"),
+               TRAINFLOW_PREFECT_HOME=str(root.parent / "prefect-server"),
+               TRAINFLOW_PREFECT_PORT=str(free_port()),
                TRAINFLOW_PREFECT_IDLE_S="60", TRAINFLOW_WARM_IDLE="60", DVC_NO_ANALYTICS="1")
     try:
         for cmd in (["git", "init", "-q"], ["git", "add", "-A"],

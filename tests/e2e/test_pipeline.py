@@ -33,7 +33,9 @@ def repo(tmp_path_factory):
 
 def _env(root: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TRAINFLOW_"))}
-    env.update(PATH=f"{BIN}:{env['PATH']}", PREFECT_HOME=str(root / ".prefect"), TRAINFLOW_PREFECT_PORT=str(free_port()),
+    env.update(PATH=f"{BIN}:{env['PATH']}", PREFECT_HOME=str(root / ".prefect"),
+               TRAINFLOW_PREFECT_HOME=str(root.parent / "prefect-server"),
+               TRAINFLOW_PREFECT_PORT=str(free_port()),
                TRAINFLOW_PREFECT_IDLE_S="120", TRAINFLOW_WARM_IDLE="120", DVC_NO_ANALYTICS="1")
     return env
 
@@ -52,7 +54,7 @@ def test_repro_builds_every_stage_and_reports_metrics(repo):
     assert {"accuracy", "macro_f1", "scratch_accuracy"} <= set(metrics)
     shown = _dvc(repo, "metrics", "show").stdout
     assert "reports/evaluate/metrics.json" in shown and "macro_f1" in shown
-    assert list((repo / ".prefect").glob("*.db")), "the runs are recorded in the project's Prefect database"
+    assert list((repo.parent / "prefect-server").glob("*.db")), "the runs are recorded in the shared server's database"
 
 
 def test_second_repro_is_up_to_date(repo):

@@ -98,7 +98,7 @@ def test_watch_returns_when_the_server_is_killed(home):
 
 def _env(tmp_path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TRAINFLOW_"))}
-    return env | dict(PREFECT_HOME=str(tmp_path / ".prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    return env | dict(TRAINFLOW_PREFECT_HOME=str(tmp_path / ".prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                       TRAINFLOW_PREFECT_PORT=str(free_port()), TRAINFLOW_PREFECT_IDLE_S="300", TRAINFLOW_PREFECT_WATCH_S="1")
 
 
