@@ -408,7 +408,10 @@ def project_stages(params: Params, written: dict) -> dict[str, dict]:
     source = params.ingest.source
     source_deps = [] if source.path is None else \
         [(source.path.parent if source.kind == "image_manifest" else source.path).as_posix()]
-    report = lambda path: {path: {"cache": False}}  # noqa: E731 -- a DVC output that git keeps, not the cache
+    # Reports are cached outputs like the data: DVC reads a past revision's or an experiment's metrics and
+    # plots from the cache (by dvc.lock's hash), and `dvc exp run --queue` checks them out in its temporary
+    # copy instead of rerunning a stage whose reports it cannot restore.
+    report = lambda path: path  # noqa: E731
     stages = {
         "ingest": {"deps": source_deps, "params": keys("data", "ingest"), "outs": ["data/raw"],
                    "metrics": [report("reports/ingest.json")]},
