@@ -107,9 +107,18 @@ def refuse_absent_hardware(params: Params, source: str = "params.yaml") -> None:
 
 
 def run_flow(flow, *args, **kwargs) -> int:
-    """Run `flow` against the shared Prefect server (kept alive while it runs); 0 when it
-    completes, else its message on one line and 1. Every `python -m flows.*` entry point ends here.
-    The flow run is created first with its tags and parent, and recorded while it runs
+    """Run `flow` (see `flow_state`); 0 when it completes, else its message on one line and 1.
+    Every `python -m flows.*` entry point ends here."""
+    state = flow_state(flow, *args, **kwargs)
+    if not state.is_completed():
+        print(f"error: {flow.name}: {state.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def flow_state(flow, *args, **kwargs):
+    """Run `flow` against the shared Prefect server (kept alive while it runs) and return its final
+    state. The flow run is created first with its tags and parent, and recorded while it runs
     (flows/_runs.py); runs of stages that died without reporting are marked Crashed first.
 
     No heartbeats: Prefect's heartbeat thread sleeps in whole seconds and the engine joins it at
@@ -129,8 +138,4 @@ def run_flow(flow, *args, **kwargs) -> int:
             _runs.reap(client, _server.HOME)
             flow_run = _runs.create(client, flow, parameters)
         with _runs.recorded(_server.HOME, flow_run.id):
-            state = run_in_engine(flow, flow_run=flow_run, parameters=parameters, return_type="state")
-    if not state.is_completed():
-        print(f"error: {flow.name}: {state.message}", file=sys.stderr)
-        return 1
-    return 0
+            return run_in_engine(flow, flow_run=flow_run, parameters=parameters, return_type="state")

@@ -3,7 +3,8 @@ anywhere on disk for a table (or `--data FOLDER` for images, one subfolder per c
 written for them; or `--data manifest.csv`, an existing one): the data copied in and versioned by
 DVC, a params.yaml inferred from it (each choice with the reason), a dvc.yaml with the stages the
 project needs, git with a first commit. `trainflow stages` rewrites those stages after an edit;
-`trainflow predict` scores new rows (flows/predict.py).
+`trainflow predict` scores new rows (flows/predict.py); `trainflow ui` shows the Prefect UI of every
+project (flows/_server.py).
 Then `cd DIR && dvc repro` builds it. A mistake is one line on stderr and exit 2; nothing of the
 user's is overwritten without --force.
 """
@@ -45,12 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     stages.add_argument("folder", type=Path, nargs="?", default=Path("."), help="the project folder (default: here)")
     stages.add_argument("--check", action="store_true", help="change nothing; exit 1 if dvc.yaml is not current")
     commands.add_parser("predict", add_help=False, help="score new rows with the champion (trainflow predict --help)")
+    ui = commands.add_parser("ui", help="the Prefect UI of every trainflow project on this machine (make ui)")
+    ui.add_argument("--stop", action="store_true", help="stop the shared Prefect server instead (make ui-stop)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["predict"]:  # its options are flows/predict.py's own
         from flows.predict import main as predict
 
         return predict(argv[1:], prog="trainflow predict")
     args = parser.parse_args(argv)
+    if args.command == "ui":
+        from flows import _server
+
+        return _server.stop() if args.stop else _server.ui()
     try:
         if args.command == "stages":
             current = write_stages(args.folder, check=args.check)

@@ -40,7 +40,7 @@ from pydantic import ValidationError
 import tasks.champion
 import tasks.drift
 import tasks.predict
-from flows._stage import DATA, MODELS, REPAIRED, VALIDATED, fails_cleanly
+from flows._stage import DATA, MODELS, REPAIRED, VALIDATED, fails_cleanly, flow_state
 from tasks.config import Params, PredictConfig, describe_error, load_params
 from tasks.errors import UserError
 from tasks.frames import feature_columns, features_array
@@ -208,13 +208,7 @@ def main(argv: list[str] | None = None, prog: str = "python3 -m flows.predict") 
     except UserError as e:
         print(f"error: predict: {e}", file=sys.stderr)
         return 2
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from flows import _server
-
-    with _server.in_use(), temporary_settings(updates={PREFECT_API_URL: _server.ensure_api_url()}):
-        state = predict(args.input, args.output, args.model, args.runtime, args.fail_on_drift, args.params,
-                        return_state=True)
+    state = flow_state(predict, args.input, args.output, args.model, args.runtime, args.fail_on_drift, args.params)
     if state.is_completed():
         return 0
     print(f"error: predict: {state.message}", file=sys.stderr)

@@ -1,6 +1,8 @@
 """The Prefect UI, checked in a real browser: a `prefect server` started here, the whole pipeline
 run against it on the shrunk config (a fresh copy of the repo), then headless Chromium opens the
-pipeline's flow run page and the Artifacts page and must show every stage task and every report.
+pipeline's flow run page and the Artifacts page and must show every stage under the pipeline run
+(one run, one tree: a stage's own flow run as a subflow, a stage DVC skipped as a task) and every
+report.
 
 Chromium is driven over the DevTools protocol with the `websockets` package Prefect already
 depends on (no Selenium, no Node). A screenshot of the run page lands in reports/ui/.
@@ -147,16 +149,36 @@ def browser():
             b.close()
 
 
-def test_the_run_page_shows_one_task_per_stage(pipeline_run, browser):
+def _post(ui: str, path: str, body: dict) -> list[dict]:
+    request = urllib.request.Request(f"{ui}/api{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def test_one_pipeline_run_is_one_tree_every_stage_under_it(pipeline_run, browser):
+    """A stage that ran is the pipeline run's subflow (its own logs and reports); one DVC found up
+    to date is a task (Skipped, with the reason): together, every stage."""
     ui, run, stages = pipeline_run
     assert run["state"]["type"] == "COMPLETED"
+    children = _post(ui, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [run["id"]]}}})
+    flows = {f["id"]: f["name"] for f in _post(ui, "/flows/filter", {})}
+    tasks = _post(ui, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}},
+                                            "task_runs": {"subflow_runs": {"exists_": False}}})
+    assert sorted([flows[c["flow_id"]] for c in children] + [t["name"] for t in tasks]) == sorted(stages)
+    assert all(c["state"]["type"] == "COMPLETED" for c in children) and children
+    assert len({tag for c in children for tag in c["tags"] if tag.startswith("repro:")}) == 1  # one group, too
     browser.open(f"{ui}/runs/flow-run/{run['id']}")
-    browser.wait_for([run["name"], "Completed", f"{len(stages)} Task runs"])
-    browser.click("Task Runs")
-    text = browser.wait_for(stages)
-    assert all(re.search(rf"^{re.escape(stage)}$", text, re.M) for stage in stages), text[:3000]
+    browser.wait_for([run["name"], "Completed", "Subflow Runs"])
     browser.screenshot(SCREENSHOT)
     assert SCREENSHOT.stat().st_size > 10_000
+    browser.click("Subflow Runs")
+    browser.wait_for([c["name"] for c in children])
+    browser.screenshot(SCREENSHOT.with_name("pipeline-subflows.png"))
+    if tasks:
+        browser.click("Task Runs")
+        text = browser.wait_for([t["name"] for t in tasks])
+        assert all(re.search(rf"^{re.escape(t['name'])}$", text, re.M) for t in tasks), text[:3000]
 
 
 def test_the_artifacts_page_lists_every_report(pipeline_run, browser):
