@@ -295,12 +295,40 @@ def pipeline_lock(holder: str, wait_s: float = PIPELINE_WAIT_S, log: Callable[[s
         os.close(fd)  # releases the lock
 
 
+def dies_with_its_worker(poll_s: float = 0.5) -> None:
+    """In the process a worker (or `serve`) started for this flow run, stop as soon as the worker
+    dies, even by kill -9. Prefect 3.9's process worker starts the run in a session of its own and
+    nothing stops it when the worker dies: the run carried on unwatched (its stages' logs lost, as
+    its stdout was a pipe to the worker), recorded its stages in dvc.lock and reported Completed.
+    Here a thread sees the worker gone, points stdout and stderr at /dev/null (the first log line
+    to the broken pipe would raise SystemExit in rich and replace the reason) and sends this process
+    SIGTERM: the engine reports the run Crashed, and `_follow` stops the running stage's group."""
+    worker = os.getppid()
+    if not os.environ.get("PREFECT__FLOW_RUN_ID") or worker <= 1 or _WORKER_WATCH:  # not a runner's child; once
+        return
+
+    def watch() -> None:
+        while os.getppid() == worker:  # a dead parent's children are re-parented
+            time.sleep(poll_s)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            os.dup2(devnull, fd)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    _WORKER_WATCH.append(threading.Thread(target=watch, name="dies-with-its-worker", daemon=True))
+    _WORKER_WATCH[0].start()
+
+
+_WORKER_WATCH: list[threading.Thread] = []
+
+
 # ------------------------------------------------------------------------------- the flow
 @flow(name="pipeline", log_prints=True)
 @fails_cleanly
 def pipeline(targets: list[str] | None = None, force: bool = False, overrides: list[str] | None = None):
     """Run the stages of dvc.yaml (or of `targets` and what they depend on) in DVC's order, one
     run at a time in a checkout: a second run waits for the first (then finds its stages up to date)."""
+    dies_with_its_worker()
     with pipeline_lock(_this_run(), PIPELINE_WAIT_S, log=get_run_logger().info):
         return _run_stages(targets, force, overrides)
 
