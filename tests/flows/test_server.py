@@ -1,4 +1,4 @@
-"""The project's Prefect server never runs without its watchdog, and stops when its home goes."""
+"""The shared Prefect server: one for every project, never without its watchdog, gone with its home."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -107,7 +108,7 @@ def _start(tmp_path, env: dict) -> list[psutil.Process]:
     started = subprocess.run([sys.executable, "-m", "flows._server", "url"], cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=150)
     assert started.returncode == 0, started.stderr[-3000:]
-    state = json.loads((tmp_path / ".prefect" / "server.json").read_text())
+    state = json.loads((Path(env["TRAINFLOW_PREFECT_HOME"]) / "server.json").read_text())
     watchdog = psutil.Process(state["pid"])
     processes = [watchdog, *watchdog.children(recursive=True)]
     assert state["server_pid"] in [p.pid for p in processes]
@@ -147,3 +148,29 @@ def test_a_killed_server_is_replaced_by_the_next_stage_and_stop_stops_it(tmp_pat
         for process in processes:
             if process.is_running():
                 process.kill()
+
+
+@pytest.mark.slow
+def test_every_project_shares_one_server_and_make_ui_shows_it(tmp_path):
+    env = _env(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    processes = _start(tmp_path / "a", env)
+    try:
+        again = subprocess.run([sys.executable, "-m", "flows._server", "url"], cwd=tmp_path / "b", env=env,
+                               capture_output=True, text=True, timeout=60)
+        state = json.loads((tmp_path / ".prefect" / "server.json").read_text())
+        assert again.stdout.strip() == state["api_url"] and state["pid"] == processes[0].pid  # the same one
+        ui = subprocess.Popen([sys.executable, "-m", "flows._server", "ui"], cwd=tmp_path / "b", env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = ui.stdout.readline()
+        assert state["api_url"].removesuffix("/api") in first and "project:" in first
+        ui.send_signal(signal.SIGINT)  # Ctrl-C: the hold ends, the server stays for the other projects
+        assert ui.wait(timeout=30) == 0
+        assert all(p.is_running() for p in processes)
+        explicit = subprocess.run([sys.executable, "-m", "flows._server", "ui"], cwd=tmp_path / "b",
+                                  env=env | {"PREFECT_API_URL": "http://example:1/api"}, capture_output=True, text=True)
+        assert explicit.returncode == 0 and "http://example:1" in explicit.stdout  # no server of ours for it
+    finally:
+        subprocess.run([sys.executable, "-m", "flows._server", "stop"], cwd=tmp_path, env=env, capture_output=True)
+        psutil.wait_procs(processes, timeout=30)
