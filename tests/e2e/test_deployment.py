@@ -113,12 +113,13 @@ def api(url: str, path: str, body: dict | None = None, auth: str | None = AUTH, 
 
 
 @contextmanager
-def deployment(tmp: Path, build: list[str] | None = None):
+def deployment(tmp: Path, build: list[str] | None = None, extra_env: dict | None = None):
     """A copy of the repo on the shrunk config, a server with basic auth, `make deploy` and `make
-    worker` against it; `build`: a command run in the copy first (say, the stages a deployment reads)."""
+    worker` against it; `build`: a command run in the copy first (say, the stages a deployment reads);
+    `extra_env`: more variables for the server and every client (a database URL, a worker's poll interval)."""
     root = make_repo(tmp / "repo")
-    server, url = start_server(tmp / "server-home", client_env(root, ""), auth=AUTH)
-    env = client_env(root, url, auth=AUTH)
+    server, url = start_server(tmp / "server-home", client_env(root, "") | (extra_env or {}), auth=AUTH)
+    env = client_env(root, url, auth=AUTH) | (extra_env or {})
     worker = None
     try:
         if build:
