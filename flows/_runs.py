@@ -111,17 +111,17 @@ def create(client, flow, parameters: dict):
 
 @contextmanager
 def recorded(home: Path, flow_run_id: UUID) -> Iterator[None]:
-    """Record the flow run under `home` while this process runs it (see the module's docstring)."""
+    """Record the flow run under `home` while this process runs it (see the module's docstring).
+    The record goes when the run ends as usual; it stays when the engine raised (it could not
+    report the end) or the process is stopped, for the next stage to mark."""
     folder = home / "runs"
     folder.mkdir(parents=True, exist_ok=True)
     record = folder / f"{flow_run_id}.json"
     tmp = record.with_suffix(".tmp")
     tmp.write_text(json.dumps({"pid": os.getpid(), "start": _starttime(os.getpid()), "cwd": os.getcwd()}))
     os.replace(tmp, record)
-    try:
-        yield
-    finally:
-        record.unlink(missing_ok=True)
+    yield
+    record.unlink(missing_ok=True)
 
 
 def reap(client, home: Path) -> list[UUID]:

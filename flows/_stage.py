@@ -11,7 +11,9 @@ from __future__ import annotations
 import fcntl
 import functools
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +28,7 @@ MODELS = Path("models")
 REPORTS = Path("reports")
 STAGE_LOCK = Path(".dvc") / "tmp" / "trainflow-stage.lock"  # under the DVC project's root
 LOCK_WAIT_S = 3.0  # a stage stopped a moment ago may still be dying (the warm runner's grace: 1 s)
+SERVER_LOST_S = float(os.environ.get("TRAINFLOW_SERVER_LOST_S", "20"))  # see stop_when_server_lost
 
 
 def fails_cleanly(fn: Callable) -> Callable:
@@ -124,18 +127,68 @@ def flow_state(flow, *args, **kwargs):
     No heartbeats: Prefect's heartbeat thread sleeps in whole seconds and the engine joins it at
     the end of every run, which cost 0.5-1 s a stage (measured, of a 1.6 s stage); they only serve
     a zombie-run automation, which the record above replaces."""
+    import httpx
     from prefect.client.orchestration import get_client
     from prefect.flow_engine import run_flow as run_in_engine
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.states import Failed
     from prefect.utilities.callables import get_call_parameters
 
     from flows import _runs, _server
 
-    settings = {PREFECT_API_URL: _server.ensure_api_url(), PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    url = _server.ensure_api_url()
+    settings = {PREFECT_API_URL: url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
     parameters = get_call_parameters(flow.fn, args, kwargs)
     with _server.in_use(), temporary_settings(updates=settings):
         with get_client(sync_client=True) as client:
             _runs.reap(client, _server.HOME)
             flow_run = _runs.create(client, flow, parameters)
-        with _runs.recorded(_server.HOME, flow_run.id):
-            return run_in_engine(flow, flow_run=flow_run, parameters=parameters, return_type="state")
+        watching = stop_when_server_lost(url, flow.name)
+        try:
+            with _runs.recorded(_server.HOME, flow_run.id):
+                return run_in_engine(flow, flow_run=flow_run, parameters=parameters, return_type="state")
+        except httpx.TransportError as e:  # the end could not be reported: the record stays for the next stage
+            return Failed(message=f"lost the Prefect server at {url} ({type(e).__name__}): nothing of this run "
+                                  "is recorded as done; run it again")
+        finally:
+            watching.set()
+
+
+def stop_when_server_lost(url: str, stage: str, lost_s: float = SERVER_LOST_S, interval_s: float = 2.0) -> threading.Event:
+    """A daemon thread, until the returned event is set: once the server has not answered for
+    `lost_s`, end this stage with one line and exit 1, its outputs unwritten (each is renamed into
+    place whole) and DVC recording nothing. Without it, Prefect's client retries every call for
+    about a minute and then fails with a wall of tracebacks while training carries on unrecorded.
+    The run stays Running in the dead server's database until the next stage marks it Crashed
+    (flows/_runs.py)."""
+    from flows import _server
+
+    done = threading.Event()
+
+    def watch() -> None:
+        down_since = None
+        while not done.wait(interval_s):
+            if _server.healthy(url, timeout=interval_s):
+                down_since = None
+                continue
+            down_since = down_since or time.monotonic()
+            if time.monotonic() - down_since >= lost_s:
+                print(f"error: {stage}: the Prefect server at {url.removesuffix('/api')} stopped answering "
+                      f"{lost_s:.0f} s ago: this run is not recorded as done; run it again (a new server starts)",
+                      file=sys.stderr, flush=True)
+                _stop_children()
+                os._exit(1)
+
+    threading.Thread(target=watch, name="trainflow-server-lost", daemon=True).start()
+    return done
+
+
+def _stop_children() -> None:
+    """SIGTERM this process's own children (say, DataLoader workers) before it exits at once."""
+    me = str(os.getpid())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if stat.read_text().rpartition(")")[2].split()[1] == me:
+                os.kill(int(stat.parent.name), signal.SIGTERM)
+        except (OSError, IndexError, ValueError):
+            continue
