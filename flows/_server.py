@@ -251,8 +251,12 @@ def _database(env: dict) -> str:
     wanted = env.get("TRAINFLOW_PREFECT_DB", "sqlite").strip().lower()
     if wanted in ("postgres", "postgresql"):
         from flows import _postgres
+        from tasks.errors import UserError
 
-        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = _postgres.start(POSTGRES)
+        try:
+            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = _postgres.start(POSTGRES)
+        except UserError as e:
+            raise SystemExit(f"error: TRAINFLOW_PREFECT_DB=postgres: {e}") from None
         return "postgres"
     if wanted != "sqlite":
         raise SystemExit(f"error: TRAINFLOW_PREFECT_DB={wanted!r}: expected sqlite or postgres")

@@ -174,3 +174,24 @@ def test_every_project_shares_one_server_and_make_ui_shows_it(tmp_path):
     finally:
         subprocess.run([sys.executable, "-m", "flows._server", "stop"], cwd=tmp_path, env=env, capture_output=True)
         psutil.wait_procs(processes, timeout=30)
+
+
+@pytest.mark.slow
+def test_make_ui_db_postgres_runs_the_shared_server_on_its_own_cluster(tmp_path):
+    from flows import _postgres
+    from tests.flows.test_postgres import HAVE_POSTGRES
+
+    if not HAVE_POSTGRES:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs the Debian package)")
+    env = _env(tmp_path) | {"TRAINFLOW_PREFECT_DB": "postgres"}
+    processes = _start(tmp_path, env)
+    try:
+        state = json.loads((tmp_path / ".prefect" / "server.json").read_text())
+        assert state["database"] == "postgres" and not list((tmp_path / ".prefect").glob("*.db"))
+        cluster = _postgres.url(tmp_path / ".prefect" / "postgres")
+        assert cluster and cluster.startswith("postgresql+asyncpg://")
+    finally:
+        subprocess.run([sys.executable, "-m", "flows._server", "stop"], cwd=tmp_path, env=env, capture_output=True)
+        psutil.wait_procs(processes, timeout=30)
+    postmasters = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+    assert not postmasters, "the cluster outlived the server"
