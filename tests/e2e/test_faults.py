@@ -322,9 +322,9 @@ def test_kill_9_of_the_prefect_server_during_train_fails_the_stage_and_the_rerun
     status = subprocess.run(["dvc", "status", "train"], cwd=project, env=_env(project), capture_output=True, text=True)
     assert "train:" in status.stdout, status.stdout  # stale: the next repro runs it
 
-    rerun = _dvc(project, "repro", "--single-item", "train")  # a new server, the same database
-    assert "Traceback" not in rerun.stdout + rerun.stderr, rerun.stderr[-3000:]
-    assert _lock_entry(project, "train") and _lock_entry(project, "train") != before
+    # Forced: after the module's other tests DVC's run cache holds these very outputs and would restore them.
+    rerun = _dvc(project, "repro", "--force", "--single-item", "train")  # a new server, the same database
+    assert "Running stage 'train'" in rerun.stdout and "Traceback" not in rerun.stdout + rerun.stderr, rerun.stderr[-3000:]
     assert subprocess.run(["dvc", "status", "train"], cwd=project, env=_env(project), capture_output=True,
                           text=True).stdout.strip() == "Data and pipelines are up to date."
     new = _server_state(project)
@@ -358,7 +358,8 @@ def _worker(root: Path) -> psutil.Process:
 
 @pytest.mark.slow
 def test_kill_9_of_a_worker_during_a_run_crashes_the_run_and_a_new_worker_completes(tmp_path):
-    with deploy.deployment(tmp_path, build=[sys.executable, "-c", _MORE_EPOCHS]) as (root, url, env, worker_log):
+    home = {"TRAINFLOW_PREFECT_HOME": str(tmp_path / "trainflow-home")}  # the stages' run records: not in ~
+    with deploy.deployment(tmp_path, build=[sys.executable, "-c", _MORE_EPOCHS], extra_env=home) as (root, url, env, worker_log):
         on_demand = deploy.api(url, "/deployments/name/pipeline/on-demand")
         run = deploy.api(url, f"/deployments/{on_demand['id']}/create_flow_run", {"parameters": {"targets": ["train"]}})
         since = datetime.now(UTC)
