@@ -47,37 +47,60 @@ def fails_cleanly(fn: Callable) -> Callable:
     return wrapper
 
 
-@contextmanager
-def checkout_lock(stage: str, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
-    """Hold this checkout's stage lock (an flock on .dvc/tmp/trainflow-stage.lock) while a stage
-    runs. DVC's own locks die with `dvc repro`, so a rerun after a kill could start a second
-    training on the same checkpoints; the kernel releases this one only when the stage process
-    itself is gone. Busy for `wait_s`: one line and exit 1. Outside a DVC project: no lock."""
+class CheckoutBusy(Exception):
+    """Another process held the lock for the whole wait; `holder` is what it wrote into it."""
+
+    def __init__(self, holder: str):
+        super().__init__(holder)
+        self.holder = holder
+
+
+def lock_checkout(lock: Path, holder: str, wait_s: float, on_wait: Callable[[str], None] | None = None,
+                  poll_s: float = 0.1) -> int | None:
+    """Take `lock` (a path under the DVC project's root; an flock) and write `holder` into it for
+    whoever waits; closing the returned fd releases it. DVC's own locks die with `dvc repro`; the
+    kernel releases this one only when the holding process itself is gone. Busy: `on_wait(holder)`
+    once, then wait; still busy after `wait_s`: CheckoutBusy. Outside a DVC project: None, no lock."""
     root = next((folder for folder in (Path.cwd(), *Path.cwd().parents) if (folder / ".dvc").is_dir()), None)
     if root is None:
-        yield
-        return
-    path = root / STAGE_LOCK  # examples/*/dvc.yaml stages run in a subfolder: the checkout's root holds it
+        return None
+    path = root / lock  # examples/*/dvc.yaml stages run in a subfolder: the checkout's root holds it
     path.parent.mkdir(exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # not inherited by what a stage starts
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # not inherited by what the holder starts
+    deadline, waited = time.monotonic() + wait_s, False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            other = os.pread(fd, 300, 0).decode(errors="replace").strip() or "pid unknown"
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise CheckoutBusy(other) from None
+            if on_wait and not waited:
+                on_wait(other)
+            waited = True
+            time.sleep(poll_s)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{holder}\n".encode(), 0)
+    return fd
+
+
+@contextmanager
+def checkout_lock(stage: str, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Hold this checkout's stage lock while a stage runs: a rerun after a kill of `dvc repro` must
+    not start a second training on the same checkpoints. Busy for `wait_s`: one line and exit 1."""
     try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "pid unknown"
-                    print(f"error: {stage}: another stage is running in this checkout ({holder}): wait for it or stop it",
-                          file=sys.stderr)
-                    sys.exit(1)
-                time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{stage}, pid {os.getpid()}\n".encode(), 0)
+        fd = lock_checkout(STAGE_LOCK, f"{stage}, pid {os.getpid()}", wait_s)
+    except CheckoutBusy as busy:
+        print(f"error: {stage}: another stage is running in this checkout ({busy.holder}): wait for it or stop it",
+              file=sys.stderr)
+        sys.exit(1)
+    try:
         yield
     finally:
-        os.close(fd)  # releases the lock (as the kernel does when the process dies)
+        if fd is not None:
+            os.close(fd)  # releases the lock (as the kernel does when the process dies)
 
 
 def run_stage(flow, params_path: str = "params.yaml") -> None:

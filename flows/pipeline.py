@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextvars
-import fcntl
 import os
 import re
 import shutil
@@ -47,7 +46,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled, Completed, Failed
 
-from flows._stage import fails_cleanly
+from flows._stage import CheckoutBusy, fails_cleanly, lock_checkout
 from flows._warm import CHILD_ENV
 from tasks.config import parse_params
 from tasks.errors import UserError
@@ -261,38 +260,20 @@ def _this_run() -> str:
 @contextmanager
 def pipeline_lock(holder: str, wait_s: float = PIPELINE_WAIT_S, log: Callable[[str], None] = print,
                   poll_s: float = 0.5) -> Iterator[None]:
-    """Hold this checkout's pipeline lock (an flock on .dvc/tmp/trainflow-pipeline.lock) for a whole
-    run, so two runs never interleave their stages or their params overrides. Busy: log once who
-    holds it and wait; still busy after `wait_s`: a UserError. The kernel releases it when this
-    process dies, however it dies. Outside a DVC project: no lock."""
-    root = next((folder for folder in (Path.cwd(), *Path.cwd().parents) if (folder / ".dvc").is_dir()), None)
-    if root is None:
-        yield
-        return
-    path = root / PIPELINE_LOCK
-    path.parent.mkdir(exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # the stages it starts do not inherit it
+    """Hold this checkout's pipeline lock for a whole run, so two runs never interleave their
+    stages or their params overrides. Busy: log once who holds it and wait; still busy after
+    `wait_s`: a UserError."""
     try:
-        deadline, waiting = time.monotonic() + wait_s, None
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                other = os.pread(fd, 300, 0).decode(errors="replace").strip() or "of an unknown pid"
-                if waiting is None:
-                    log(f"waiting for the pipeline run {other} in this checkout")
-                    waiting = time.monotonic()
-                if time.monotonic() >= deadline:
-                    raise UserError(f"refused after waiting {time.monotonic() - waiting:.0f} s: the pipeline run {other} "
-                                    "still runs in this checkout (one at a time; TRAINFLOW_PIPELINE_WAIT_S sets the wait)"
-                                    ) from None
-                time.sleep(poll_s)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{holder}\n".encode(), 0)
+        fd = lock_checkout(PIPELINE_LOCK, holder, wait_s, poll_s=poll_s,
+                           on_wait=lambda other: log(f"waiting for the pipeline run {other} in this checkout"))
+    except CheckoutBusy as busy:
+        raise UserError(f"refused after waiting {wait_s:.0f} s: the pipeline run {busy.holder} still runs in this "
+                        "checkout (one at a time; TRAINFLOW_PIPELINE_WAIT_S sets the wait)") from None
+    try:
         yield
     finally:
-        os.close(fd)  # releases the lock
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def dies_with_its_worker(poll_s: float = 0.5) -> None:
