@@ -72,5 +72,6 @@ deploy: $(STAMP)
 	prefect work-pool set-concurrency-limit $(POOL) 1; \
 	prefect --no-prompt deploy --all
 
+# First marks Crashed the runs whose process died without reporting (they would hold the pool's slot).
 worker: $(STAMP)
-	@$(NEED_API); exec prefect worker start --pool $(POOL)
+	@$(NEED_API); python3 -m flows._runs reap; exec prefect worker start --pool $(POOL)

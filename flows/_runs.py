@@ -13,6 +13,8 @@ A stage killed by kill -9, or cut off from a server that died, never reports its
 stay Running in the database for ever. While it runs, each stage records its flow run in the
 server's home (`runs/<id>.json`: its pid and the pid's start time); the next stage that starts,
 in any project, marks the runs whose process is gone Crashed with the reason and drops the record.
+A pipeline run a worker started records itself the same way, and `make worker` reaps first
+(`python -m flows._runs reap`): such a run, killed, would otherwise hold the pool's one slot.
 """
 
 from __future__ import annotations
@@ -148,3 +150,25 @@ def reap(client, home: Path) -> list[UUID]:
             pass
         record.unlink(missing_ok=True)
     return marked
+
+
+def main() -> int:
+    """`python -m flows._runs reap`: mark the recorded runs of dead processes Crashed now (`make
+    worker` does, first: a deployment run killed without reporting would hold the pool's slot)."""
+    import sys
+
+    from prefect.client.orchestration import get_client
+
+    from flows import _server
+
+    if sys.argv[1:] != ["reap"]:
+        print("usage: python -m flows._runs reap", file=sys.stderr)
+        return 2
+    with get_client(sync_client=True) as client:
+        for flow_run_id in reap(client, _server.HOME):
+            print(f"marked Crashed: flow run {flow_run_id} ({CRASHED})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

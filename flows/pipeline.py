@@ -303,6 +303,23 @@ def dies_with_its_worker(poll_s: float = 0.5) -> None:
 _WORKER_WATCH: list[threading.Thread] = []
 
 
+@contextmanager
+def _recorded_under_a_worker() -> Iterator[None]:
+    """Record a run a worker started as a stage records its own (flows/_runs.py), so a run killed
+    without reporting (an OOM kill) is marked Crashed by the next stage or `make worker`, instead of
+    holding the pool's slot. `python -m flows.pipeline` is recorded by flow_state already."""
+    from prefect.context import FlowRunContext
+
+    from flows import _runs, _server
+
+    context = FlowRunContext.get()
+    if not os.environ.get("PREFECT__FLOW_RUN_ID") or not context or not context.flow_run:
+        yield
+        return
+    with _runs.recorded(_server.HOME, context.flow_run.id):
+        yield
+
+
 # ------------------------------------------------------------------------------- the flow
 @flow(name="pipeline", log_prints=True)
 @fails_cleanly
@@ -310,7 +327,7 @@ def pipeline(targets: list[str] | None = None, force: bool = False, overrides: l
     """Run the stages of dvc.yaml (or of `targets` and what they depend on) in DVC's order, one
     run at a time in a checkout: a second run waits for the first (then finds its stages up to date)."""
     dies_with_its_worker()
-    with pipeline_lock(_this_run(), PIPELINE_WAIT_S, log=get_run_logger().info):
+    with _recorded_under_a_worker(), pipeline_lock(_this_run(), PIPELINE_WAIT_S, log=get_run_logger().info):
         return _run_stages(targets, force, overrides)
 
 

@@ -100,3 +100,28 @@ def test_a_recorded_run_is_dropped_when_the_stage_ends(tmp_path):
         seen = json.loads((tmp_path / "runs" / f"{run_id}.json").read_text())
         assert seen["pid"] == os.getpid() and seen["start"] == _runs._starttime(os.getpid())
     assert not list((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_make_worker_reaps_first(tmp_path, monkeypatch, capsys):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    from flows import _server
+
+    @flow(name="pipeline-under-test")
+    def pipeline():
+        pass
+
+    with get_client(sync_client=True) as client:
+        run = _runs.create(client, pipeline, {})
+        client.set_flow_run_state(run.id, Running(), force=True)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / f"{run.id}.json").write_text(json.dumps({"pid": 2**22 + 1, "start": "gone"}))
+    monkeypatch.setattr(_server, "HOME", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["flows._runs", "reap"])
+    assert _runs.main() == 0
+    assert f"marked Crashed: flow run {run.id}" in capsys.readouterr().out
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(run.id).state.is_crashed()
