@@ -47,10 +47,19 @@ POSTGRES = HOME / "postgres"  # TRAINFLOW_PREFECT_DB=postgres: the cluster's fol
 IDLE_S = int(os.environ.get("TRAINFLOW_PREFECT_IDLE_S", "600"))
 WATCH_S = float(os.environ.get("TRAINFLOW_PREFECT_WATCH_S", "2"))  # the watchdog's interval
 START_TIMEOUT_S = 120
-# Loop services of an idle server that a local one can run less often: late runs marked within
-# 30 s not 5, pauses, cancellations, leases and worker health checked each minute, not each 5-20 s.
+# Loop services of an idle server that a local one can run less often: pauses, cancellations,
+# leases and worker health checked each minute, not each 5-20 s.
+# The late-runs service is off: on SQLite it is what logs "database is locked". Its docket task
+# (prefect/server/services/late_runs.py, mark_flow_run_late) reads in a DEFERRED transaction, then
+# writes the Late state; when any other write commits in between (another run marked late at the
+# same moment, a worker's state change), SQLite answers SQLITE_BUSY_SNAPSHOT at once, busy_timeout
+# or not, and prefect.server logs a traceback (orchestration/rules.py, "Encountered error during
+# state validation"). 20 queued runs gave 44 tracebacks; with it off, none from it. The cost: a
+# queued run shows Scheduled instead of Late; workers pick it up the same (a Scheduled-type state).
+# The one such path no setting reaches: a worker's heartbeat (server/utilities/worker_channel.py)
+# can still log it now and then under load; the worker reconnects. PostgreSQL never does.
 IDLE_SETTINGS = {
-    "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "30",
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
     "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS": "60",
     "PREFECT_SERVER_SERVICES_CLEANUP_RECONCILER_LOOP_SECONDS": "60",
     "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS": "60",

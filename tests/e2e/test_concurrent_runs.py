@@ -2,19 +2,22 @@
 created at once (shrunk config, target ingest) and served by 2 process workers, the pool's limit
 lifted to 2 so two pipeline runs of the one checkout start together and meet the checkout's lock.
 
-Every run must complete (none lost or stuck), PostgreSQL must never say "database is locked" (SQLite
-does under this load: Prefect answers 503 and its clients retry; the count is benchmarked), no
-two runs may hold the checkout at once (their stage task runs never overlap), the stage must run
-exactly once (the other runs find it up to date), and DVC must agree afterwards (`dvc status`,
-`dvc data status`). `load()` is also benchmarks/concurrent_runs.py's measurement."""
+Every run must complete (none lost or stuck), PostgreSQL must never say "database is locked" and
+SQLite only from a worker's heartbeat (the server runs with the shared server's `IDLE_SETTINGS`,
+whose late-runs service off removes the rest: see flows/_server.py), no two runs may hold the
+checkout at once (their stage task
+runs never overlap), the stage must run exactly once (the other runs find it up to date), and DVC
+must agree afterwards (`dvc status`, `dvc data status`). `load()` is also benchmarks/concurrent_runs.py's measurement."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from flows._server import IDLE_SETTINGS
 from tests.e2e.test_deployment import api, deployment, make, stop
 
 pytestmark = pytest.mark.slow  # per database: a server, make deploy, 2 workers, 20 runs: about 3 minutes on 2 cores
@@ -56,6 +60,28 @@ class Load:
     waits: int = 0  # runs that logged "waiting for the pipeline run ..."
 
 
+HEADER = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| \w+ +\| ([\w.]+) - ([^:]*)")
+# Prefect 3.9.1 on SQLite, no setting reaches it: the heartbeat's read-then-write transaction
+# (prefect/server/utilities/worker_channel.py, _receive_loop) fails with SQLITE_BUSY_SNAPSHOT when
+# another write commits in between; the channel closes and the worker reconnects.
+HEARTBEAT = "prefect.server.utilities.worker_channel - Worker channel heartbeat persistence failed"
+
+
+def locked_sources(server_log: str) -> Counter:
+    """Each "database is locked" traceback of the server log, counted by the logger and message of
+    the record it belongs to ("?" when none precedes it)."""
+    sources: Counter = Counter()
+    source = "?"
+    for line in server_log.splitlines():
+        if header := HEADER.match(line):
+            source = f"{header[1]} - {header[2]}"
+        elif line.startswith("sqlalchemy.exc.OperationalError") and "database is locked" in line:
+            sources[source] += 1
+        elif "database is locked" in line and not line.startswith("sqlite3.OperationalError"):
+            sources["?"] += 1
+    return sources
+
+
 def _timed(times: list[float], *args, **kwargs):
     start = time.perf_counter()
     result = api(*args, **kwargs)
@@ -78,8 +104,9 @@ def load(tmp: Path, database: str, runs: int = RUNS, workers: int = WORKERS, tim
     """`runs` on-demand runs (target ingest) created at once against a server on `database`,
     served by `workers` workers with the pool's limit at `workers`; waits until all are final."""
     with ExitStack() as stack:
-        # Workers poll every 2 s instead of 10: the runs are short, the pick-up would dominate.
-        extra = _database_env(stack, tmp, database) | {"PREFECT_WORKER_QUERY_SECONDS": "2"}
+        # The shared server's settings (the server reads them; clients ignore them). Workers poll
+        # every 2 s instead of 10: the runs are short, the pick-up would dominate.
+        extra = IDLE_SETTINGS | _database_env(stack, tmp, database) | {"PREFECT_WORKER_QUERY_SECONDS": "2"}
         stopping: list[threading.Thread] = []  # the extra workers stop while deployment() stops its own
         stack.callback(lambda: [thread.join() for thread in stopping])
         root, url, env, worker_log = stack.enter_context(deployment(tmp, extra_env=extra))
@@ -149,11 +176,14 @@ def test_twenty_runs_at_once_all_finish_one_at_a_time_per_checkout(tmp_path, dat
     result = load(tmp_path, database)
     states = {r["name"]: (r["state"]["type"], r["state"]["message"]) for r in result.runs}
     assert len(result.runs) == RUNS and all(t == "COMPLETED" for t, _ in states.values()), states
-    # SQLite: Prefect's state validation hits "database is locked" under concurrent state changes and
-    # answers 503, which its clients retry (hence no run lost above); PostgreSQL must never say it.
-    locked = result.server_log.count("OperationalError: database is locked")
-    if database == "postgres":
-        assert locked == 0, result.server_log[-3000:]
+    # PostgreSQL never says "database is locked". SQLite says it only from a worker's heartbeat: the
+    # late-runs service (44 tracebacks of "Encountered error during state validation" here before)
+    # is off in IDLE_SETTINGS. Both fail the same way: a read-then-write transaction that another
+    # write overtakes gets SQLITE_BUSY_SNAPSHOT at once, busy_timeout or not.
+    sources = locked_sources(result.server_log)
+    allowed = {HEARTBEAT} if database == "sqlite" else set()
+    assert set(sources) <= allowed, f"{dict(sources)}\n{result.server_log[-3000:]}"
+    assert result.server_log.count("database is locked") == 2 * sources.total()  # each: sqlite3's, SQLAlchemy's
     # Two runs were in flight together, so the lock was met; yet no two held the checkout at once.
     assert most_at_once(result) >= 2 and result.waits >= 1
     spans = _intervals(result)
