@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import logging
 import os
 import signal
 import sys
@@ -195,8 +196,10 @@ def stop_when_server_lost(url: str, stage: str, lost_s: float = SERVER_LOST_S, i
                 down_since = None
                 continue
             down_since = down_since or time.monotonic()
+            logging.raiseExceptions = False  # Prefect's log shipper would print each failed batch
             if time.monotonic() - down_since >= lost_s:
-                print(f"error: {stage}: the Prefect server at {url.removesuffix('/api')} stopped answering "
+                # After a line of that shipper's, which ends without a newline.
+                print(f"\nerror: {stage}: the Prefect server at {url.removesuffix('/api')} stopped answering "
                       f"{lost_s:.0f} s ago: this run is not recorded as done; run it again (a new server starts)",
                       file=sys.stderr, flush=True)
                 _stop_children()
