@@ -408,26 +408,25 @@ def project_stages(params: Params, written: dict) -> dict[str, dict]:
     source = params.ingest.source
     source_deps = [] if source.path is None else \
         [(source.path.parent if source.kind == "image_manifest" else source.path).as_posix()]
-    # Reports are cached outputs like the data: DVC reads a past revision's or an experiment's metrics and
-    # plots from the cache (by dvc.lock's hash), and `dvc exp run --queue` checks them out in its temporary
-    # copy instead of rerunning a stage whose reports it cannot restore.
-    report = lambda path: path  # noqa: E731
+    # Reports are cached outputs like the data (no `cache: false`): DVC reads a past revision's or an
+    # experiment's metrics and plots from the cache (by dvc.lock's hash), and `dvc exp run --queue` checks
+    # them out in its temporary copy instead of rerunning a stage whose reports it cannot restore.
     stages = {
         "ingest": {"deps": source_deps, "params": keys("data", "ingest"), "outs": ["data/raw"],
-                   "metrics": [report("reports/ingest.json")]},
+                   "metrics": ["reports/ingest.json"]},
         "validate": {"deps": ["data/raw"], "params": keys("data", "ingest.datasets", "validate"),
-                     "outs": ["data/validated", report("reports/validate/report.json"), report("reports/validate/report.md")],
-                     "metrics": [report("reports/validate/metrics.json")]},
+                     "outs": ["data/validated", "reports/validate/report.json", "reports/validate/report.md"],
+                     "metrics": ["reports/validate/metrics.json"]},
         "repair": {"deps": ["data/validated"], "params": keys("data", "validate.schema", "repair"),
-                   "outs": ["data/repaired", report("reports/repair/summary.md")],
-                   "metrics": [report("reports/repair/summary.json")]},
+                   "outs": ["data/repaired", "reports/repair/summary.md"],
+                   "metrics": ["reports/repair/summary.json"]},
         "augment": {"deps": ["data/repaired"], "params": keys("data", "augment"), "outs": ["data/augmented"],
-                    "metrics": [report("reports/augment.json")]},
+                    "metrics": ["reports/augment.json"]},
     }
     if "train" in models:
         stages["train"] = {"deps": ["data/augmented", "data/repaired"], "params": keys("data", "repair.imbalance", "train"),
-                           "outs": ["models/train"], "metrics": [report("reports/train/train_metrics.json")],
-                           "plots": [report("reports/train/train_history.csv")]}
+                           "outs": ["models/train"], "metrics": ["reports/train/train_metrics.json"],
+                           "plots": ["reports/train/train_history.csv"]}
     if "finetune" in models:
         start = params.finetune.init_from
         starting = ["models/train"] if start == "train" else [] if start == "scratch" or start.startswith("package:") \
@@ -435,20 +434,20 @@ def project_stages(params: Params, written: dict) -> dict[str, dict]:
         stages["finetune"] = {
             "deps": [*starting, "data/augmented", "data/repaired"],
             "params": keys("data", "repair.imbalance", "train.backbone", "train.dataset", "augment", "finetune"),
-            "outs": ["models/finetune", "data/finetune/labelled_ids.parquet", report("reports/finetune/transfer.json")],
-            "metrics": [report("reports/finetune/finetune_metrics.json"), report("reports/finetune/scratch_metrics.json")],
-            "plots": [report("reports/finetune/finetune_history.csv"), report("reports/finetune/scratch_history.csv")]}
+            "outs": ["models/finetune", "data/finetune/labelled_ids.parquet", "reports/finetune/transfer.json"],
+            "metrics": ["reports/finetune/finetune_metrics.json", "reports/finetune/scratch_metrics.json"],
+            "plots": ["reports/finetune/finetune_history.csv", "reports/finetune/scratch_history.csv"]}
     stages["evaluate"] = {
         "deps": [f"models/{params.evaluate.model}", "data/repaired"], "params": keys("data", "evaluate"),
-        "outs": [report(f"reports/evaluate/{name}") for name in ("report.md", "details.json", "gate.json", "figures")],
-        "metrics": [report("reports/evaluate/metrics.json")], "plots": [report("reports/evaluate/plots")]}
+        "outs": [f"reports/evaluate/{name}" for name in ("report.md", "details.json", "gate.json", "figures")],
+        "metrics": ["reports/evaluate/metrics.json"], "plots": ["reports/evaluate/plots"]}
     if compress:
         labelled = ["data/finetune/labelled_ids.parquet"] if params.compress.model == "finetune" else []
         stages["compress"] = {
             "deps": [f"models/{params.compress.model}", *labelled, "data/repaired", "data/augmented"],
             "params": keys("data", "augment", "compress"),
-            "outs": ["models/compressed", report("reports/compress/candidates.json"), report("reports/compress/candidates.md")],
-            "metrics": [report("reports/compress/metrics.json")]}
+            "outs": ["models/compressed", "reports/compress/candidates.json", "reports/compress/candidates.md"],
+            "metrics": ["reports/compress/metrics.json"]}
     return {name: {"cmd": f"python3 -m flows.{name}", **{k: v for k, v in stage.items() if v}}
             for name, stage in stages.items()}
 
