@@ -23,7 +23,8 @@ def _fake_dvc(tmp_path):
     script.write_text(textwrap.dedent(f"""\
         #!{sys.executable}
         import subprocess, sys
-        child = [sys.executable, "-c", "import sys; sys.path.insert(0, {ROOT!r}); from flows import _runs; print(_runs.repro_group())"]
+        code = "import sys; sys.path.insert(0, {ROOT!r}); from flows import _runs; print(_runs.repro_group())"
+        child = [sys.executable, "-c", code]
         for _ in range(2):
             subprocess.run(["/bin/sh", "-c", " ".join(repr(a) for a in child)], check=True)
         """))
