@@ -10,8 +10,9 @@ project. An explicit `PREFECT_API_URL` always wins.
 The database is SQLite unless TRAINFLOW_PREFECT_DB=postgres (a PostgreSQL cluster of the user's
 own under the home, started and stopped with the server: flows/_postgres.py) or
 PREFECT_SERVER_DATABASE_CONNECTION_URL names one. An idle Prefect server polls its database from
-a dozen loop services; `IDLE_SETTINGS` slows the loops a local server does not need often (each
-still overridable in the environment): see docs/orchestration.md for the measured cost.
+a dozen loop services; `IDLE_SETTINGS` slows the loops a local server does not need often and
+turns off the one that made SQLite log "database is locked" (each still overridable in the
+environment): see docs/orchestration.md for the measured cost.
 
 `serve` is the watchdog of `prefect server start`, its child: every `WATCH_S` it stops the server
 when the home was deleted or replaced, `last_used` or server.json is gone, or the idle time is up.
@@ -256,7 +257,8 @@ def _database(env: dict) -> str:
     """Which database the server will use; for TRAINFLOW_PREFECT_DB=postgres, the cluster under the
     home started now and its URL set in `env`."""
     if env.get("PREFECT_SERVER_DATABASE_CONNECTION_URL"):
-        return env["PREFECT_SERVER_DATABASE_CONNECTION_URL"].split(":", 1)[0].split("+", 1)[0]
+        scheme = env["PREFECT_SERVER_DATABASE_CONNECTION_URL"].split(":", 1)[0]
+        return "postgres" if scheme.startswith("postgres") else scheme.split("+", 1)[0]
     wanted = env.get("TRAINFLOW_PREFECT_DB", "sqlite").strip().lower()
     if wanted in ("postgres", "postgresql"):
         from flows import _postgres
