@@ -5,9 +5,9 @@ lifted to 2 so two pipeline runs of the one checkout start together and meet the
 Every run must complete (none lost or stuck), PostgreSQL must never say "database is locked" and
 SQLite only from a worker's heartbeat (the server runs with the shared server's `IDLE_SETTINGS`,
 whose late-runs service off removes the rest: see flows/_server.py), no two runs may hold the
-checkout at once (their stage task
-runs never overlap), the stage must run exactly once (the other runs find it up to date), and DVC
-must agree afterwards (`dvc status`, `dvc data status`). `load()` is also benchmarks/concurrent_runs.py's measurement."""
+checkout at once (their stage task runs never overlap), the stage must run exactly once (the other
+runs find it up to date), and DVC must agree afterwards (`dvc status`, `dvc data status`). `load()`
+is also benchmarks/concurrent_runs.py's measurement."""
 
 from __future__ import annotations
 

@@ -105,14 +105,13 @@ def test_experiments_and_the_baseline_show_their_metrics_and_diff_across_commits
         assert experiments[name]["params"]["params.yaml"]["data"]["finetune"]["optimizer"]["lr"] == lr
 
     # Experiment b, the last run, is the workspace: committed, both commits' metrics and plots are read
-    # back (HEAD~1's from the cache). (Not `dvc exp apply`: its checkout also wants the never-built
-    # outputs of examples/*/dvc.yaml, which are in this repo too, and fails.)
+    # back (HEAD~1's from the cache).
     run(root, env, *GIT, "commit", "-qam", "experiment b")
     diff = json.loads(dvc(root, env, "metrics", "diff", "HEAD~1", "--json"))[METRICS]["accuracy"]
     assert diff["old"] == accuracy(commits[head]) and diff["new"] == accuracy(experiments["b"]), diff
     plots = json.loads(dvc(root, env, "plots", "diff", "HEAD~1", "--json"))
     ours = [error for error in plots.get("errors") or [] if not error["name"].startswith("examples/")]
-    assert not ours, ours  # (examples/*/dvc.yaml's plots are in the repo too, never built here)
+    assert not ours, ours  # (examples/* are DVC projects of their own, never built here)
     confusion = plots["data"]["Confusion matrix (test)"]
     drawn = {point["rev"] for plot in confusion for point in plot["content"]["data"]["values"]}
     assert drawn == {"HEAD~1", "workspace"}, drawn
