@@ -286,9 +286,10 @@ def ui() -> int:
     if wanted and state.get("database") != wanted:
         print(f"warning: the running server uses {state.get('database', 'sqlite')}: `make ui-stop`, then "
               f"`make ui DB={wanted}` to switch", file=sys.stderr)
-    print(f"Prefect UI: {url.removesuffix('/api')}  (every trainflow project on this machine; filter by the tag "
-          f"project:<folder>). Home: {HOME}. Ctrl-C to let it stop once idle; `make ui-stop` stops it now.", flush=True)
-    try:
+    try:  # the line first: whoever reads it may press Ctrl-C at once
+        print(f"Prefect UI: {url.removesuffix('/api')}  (every trainflow project on this machine; filter by the tag "
+              f"project:<folder>). Home: {HOME}. Ctrl-C to let it stop once idle; `make ui-stop` stops it now.",
+              flush=True)
         with in_use(interval_s=min(30.0, IDLE_S / 2 or 30.0)):
             while running_url():
                 time.sleep(5)
@@ -349,7 +350,10 @@ def main() -> int:
     if args.command == "stop":
         return stop()
     if args.command == "ui":
-        return ui()
+        try:
+            return ui()
+        except KeyboardInterrupt:  # Ctrl-C while the server was starting
+            return 130
     print(ensure_api_url())
     return 0
 
