@@ -280,7 +280,10 @@ def ui() -> int:
     if explicit := os.environ.get("PREFECT_API_URL"):
         print(f"PREFECT_API_URL is set: the Prefect UI of {explicit} is at {explicit.removesuffix('/api')}")
         return 0
-    url = ensure_api_url()
+    try:
+        url = ensure_api_url()
+    except KeyboardInterrupt:  # Ctrl-C while the server was starting: it starts on, detached
+        return 130
     state = json.loads(STATE.read_text())
     wanted = "postgres" if os.environ.get("TRAINFLOW_PREFECT_DB", "").lower().startswith("postgres") else None
     if wanted and state.get("database") != wanted:
@@ -350,10 +353,7 @@ def main() -> int:
     if args.command == "stop":
         return stop()
     if args.command == "ui":
-        try:
-            return ui()
-        except KeyboardInterrupt:  # Ctrl-C while the server was starting
-            return 130
+        return ui()
     print(ensure_api_url())
     return 0
 
