@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from uuid import UUID
 
+from flows._warm import _parent_of, _starttime  # the warm client's /proc readers
+
 PARENT_ENV = "TRAINFLOW_PARENT_TASK_RUN_ID"  # set by the pipeline flow for the stages it runs
 GROUP_ENV = "TRAINFLOW_RUN_GROUP"  # ditto: the pipeline run's stages share its group
 CLIENT_PID_ENV = "TRAINFLOW_CLIENT_PID"  # set by flows/_warm.py: the process dvc started
@@ -35,20 +37,6 @@ CRASHED = "the stage's process ended without reporting (killed, or its Prefect s
 
 
 # ------------------------------------------------------------------------- who started us
-def _stat(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat's fields after the command name (ppid first), None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()
-    except OSError:
-        return None
-
-
-def _starttime(pid: int) -> str | None:
-    fields = _stat(pid)
-    return fields[19] if fields else None
-
-
 def _runs_dvc(pid: int) -> bool:
     """Whether `pid` is `dvc repro ...` or `dvc exp ...` (an experiment's executor included)."""
     try:
@@ -73,10 +61,9 @@ def repro_group(pid: int | None = None) -> str | None:
         if _runs_dvc(pid):
             seed = f"{socket.gethostname()}:{pid}:{_starttime(pid)}"
             return hashlib.sha1(seed.encode()).hexdigest()[:8]
-        fields = _stat(pid)
-        if not fields:
+        pid = _parent_of(pid)
+        if pid is None:
             return None
-        pid = int(fields[1])
     return None
 
 
