@@ -28,21 +28,11 @@ import pytest
 
 from flows._server import IDLE_SETTINGS
 from tests.e2e.test_deployment import api, deployment, make, stop
+from tests.flows.test_postgres import HAVE_POSTGRES
 
 pytestmark = pytest.mark.slow  # per database: a server, make deploy, 2 workers, 20 runs: about 3 minutes on 2 cores
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 RUNS, WORKERS = 20, 2
-
-
-def _have_postgres() -> bool:
-    from flows import _postgres
-    from tasks.errors import UserError
-
-    try:
-        _postgres._binary("initdb")
-        return True
-    except UserError:
-        return False
 
 
 @dataclass
@@ -171,7 +161,7 @@ def most_at_once(load: Load) -> int:
 
 
 @pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(
-    not _have_postgres(), reason="PostgreSQL is not installed (apt-get install postgresql)"))])
+    not HAVE_POSTGRES, reason="PostgreSQL is not installed (apt-get install postgresql)"))])
 def test_twenty_runs_at_once_all_finish_one_at_a_time_per_checkout(tmp_path, database):
     result = load(tmp_path, database)
     states = {r["name"]: (r["state"]["type"], r["state"]["message"]) for r in result.runs}
