@@ -130,13 +130,11 @@ def _server_home(root: Path) -> Path:
 
 
 def _server_state(root: Path) -> dict | None:
-    """server.json of the server a stage here uses: under TRAINFLOW_PREFECT_HOME, or .prefect/ (before it)."""
-    for home in (_server_home(root), root / ".prefect"):
-        try:
-            return json.loads((home / "server.json").read_text())
-        except (OSError, ValueError):
-            continue
-    return None
+    """server.json of the server a stage here uses (under TRAINFLOW_PREFECT_HOME), None if there is none."""
+    try:
+        return json.loads((_server_home(root) / "server.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _dvc(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
