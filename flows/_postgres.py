@@ -22,11 +22,11 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from flows._server import _free_port
 from tasks.errors import UserError
 
 DATABASE = "prefect"
@@ -84,18 +84,6 @@ def _call(prefix: list[str], cmd: list[str], what: str, **kwargs) -> subprocess.
     return result
 
 
-def _free_port(preferred: int | None) -> int:
-    for port in ((preferred,) if preferred else ()) + (0,):
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as PostgreSQL binds: TIME_WAIT is no obstacle
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise AssertionError("unreachable: port 0 always binds")
-
-
 def _state(folder: Path) -> dict:
     try:
         return json.loads((folder / STATE).read_text())
@@ -126,7 +114,8 @@ def start(folder: Path) -> str:
     if not (data / "PG_VERSION").exists():
         shutil.rmtree(data, ignore_errors=True)  # an initdb that stopped half-way
         _call(prefix, [initdb, "-D", str(data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-sync"], "initdb")
-    port = _free_port(state.get("port"))  # the same port as last time when it is free: the same URL
+    # The same port as last time when it is free (the same URL); PostgreSQL binds with SO_REUSEADDR.
+    port = _free_port(state.get("port"), reuse_address=True)
     sockets = str(folder) if len(str(folder)) + 20 <= SOCKET_PATH_MAX else ""
     options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{sockets}'"
     # Its own session: a Ctrl-C or a process-group kill aimed at the caller does not reach the cluster.

@@ -137,9 +137,13 @@ def ensure_api_url() -> str:
         raise RuntimeError(f"the Prefect server did not start; see {HOME / 'server.log'}:\n{tail}")
 
 
-def _free_port(preferred: int) -> int:
-    for port in (preferred, 0):
+def _free_port(preferred: int | None, reuse_address: bool = False) -> int:
+    """`preferred` if nothing holds it on 127.0.0.1, else one the kernel picks. `reuse_address`: test
+    as a server that binds with SO_REUSEADDR would (a port in TIME_WAIT is free to it)."""
+    for port in ((preferred,) if preferred else ()) + (0,):
         with socket.socket() as s:
+            if reuse_address:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
                 return s.getsockname()[1]
